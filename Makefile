@@ -1,0 +1,52 @@
+# kdflow: `make run` sets up and runs the default study; `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT_PREFECT ?= 4200
+PORT_MLFLOW ?= 5000
+# Telemetry off; Prefect state and caches live inside the project.
+export DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+export PREFECT_HOME := $(CURDIR)/.kdflow/prefect
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: install run test serve ui clean
+
+install: $(VENV)/.installed
+
+# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import torch, prefect, mlflow, dvc, polars, kdlib.config" 
+	@test -d .dvc || $(BIN)/dvc init -q $$(git rev-parse --git-dir >/dev/null 2>&1 || echo --no-scm)
+	touch $@
+
+run: install
+	$(BIN)/dvc repro
+	@echo "results table: results/summary.md (also results/summary.csv, results/summary.json)"
+
+test: install
+	$(BIN)/python -m pytest -q
+
+# A local Prefect server (SQLite in .kdflow/prefect) and a process serving the deployments.
+serve: install
+	@echo "Prefect UI: http://127.0.0.1:$(PORT_PREFECT)  (Ctrl-C stops both)"
+	@echo "then: PREFECT_API_URL=http://127.0.0.1:$(PORT_PREFECT)/api $(BIN)/prefect deployment run 'kd-pipeline/default'"
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(PORT_PREFECT) & server=$$!; \
+	trap "kill $$server" EXIT; \
+	export PREFECT_API_URL=http://127.0.0.1:$(PORT_PREFECT)/api; \
+	for i in $$(seq 60); do curl -sf $$PREFECT_API_URL/health >/dev/null && break; sleep 1; done; \
+	$(BIN)/python -m flows.serve
+
+ui: install
+	@echo "MLflow UI: http://127.0.0.1:$(PORT_MLFLOW)"
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
+		--default-artifact-root $(CURDIR)/mlruns --host 127.0.0.1 --port $(PORT_MLFLOW) --workers 1
+
+clean:
+	rm -rf artifacts results .kdflow mlflow.db mlruns

@@ -1,0 +1,104 @@
+"""Atomic writes and manifests: an artifact folder is complete only once its manifest exists.
+
+Every file is written to a temporary name in its own folder and renamed into place, so
+an interrupted step never leaves a half-written file under a real name; the manifest,
+with a sha256 per file, is written last and checked on read.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+MANIFEST = "manifest.json"
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    _atomic(Path(path), lambda tmp: tmp.write_bytes(data))
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def save_tensors(path: Path, obj: dict[str, Any]) -> None:
+    _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+def load_tensors(path: Path) -> dict[str, Any]:
+    """Load a file written by `save_tensors`; never unpickles arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"artifact {path} not found")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def write_manifest(out_dir: Path, step: str, key: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """Hash every file of `out_dir` and write the manifest last."""
+    out_dir = Path(out_dir)
+    files = {
+        p.relative_to(out_dir).as_posix(): sha256_file(p)
+        for p in sorted(out_dir.rglob("*"))
+        if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
+    }
+    manifest = {"step": step, "key": key, "dir": str(out_dir), "files": files, "meta": meta}
+    write_json(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(out_dir: Path, verify: bool = True) -> dict[str, Any]:
+    """The manifest of a finished artifact folder; with `verify`, every file's hash is checked."""
+    out_dir = Path(out_dir)
+    path = out_dir / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the step that writes {out_dir} has not finished")
+    manifest = json.loads(path.read_text())
+    manifest["dir"] = str(out_dir)
+    if verify:
+        for name, digest in manifest["files"].items():
+            file = out_dir / name
+            if not file.is_file() or sha256_file(file) != digest:
+                raise ValueError(f"artifact {file} is missing or does not match its manifest hash")
+    return manifest
+
+
+def is_complete(out_dir: Path) -> bool:
+    try:
+        read_manifest(out_dir, verify=True)
+    except (FileNotFoundError, ValueError):
+        return False
+    return True

@@ -1,0 +1,186 @@
+"""The schema of `params.yaml`: one validated object the whole DAG reads.
+
+Every model forbids unknown keys, so a typo is an error that names its field path
+instead of a setting that is silently ignored. Method settings are validated by the
+method's own settings model (see `kdlib.methods`), so each method's defaults live in
+one place and `params.yaml` can override every one of them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A `params.yaml` that cannot run; the message names the field and the fix."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Strict):
+    source: Literal["synthetic", "digits"] = "synthetic"
+    seed: int = 0
+    train_per_class: int = Field(40, ge=1, description="synthetic only")
+    test_per_class: int = Field(20, ge=1, description="synthetic only")
+    image_size: int = Field(8, ge=8, description="synthetic only")
+    difficulty: float = Field(1.0, ge=0.0, description="synthetic only: scales the nuisance")
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="digits only")
+
+
+class AugmentConfig(Strict):
+    """Random crop with padding + horizontal flip, replayed from (seed, epoch, index)."""
+
+    padding: int = Field(1, ge=0)
+    flip: bool = True
+    seed: int = 0
+
+
+class ScheduleConfig(Strict):
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.1, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    scheduler: Literal["cosine", "multistep"] = "cosine"
+    milestones: list[int] = Field(default_factory=list, description="multistep only: epochs")
+    gamma: float = Field(0.1, gt=0.0, description="multistep only: lr factor per milestone")
+    warmup_epochs: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ScheduleConfig":
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
+        if self.milestones != sorted(self.milestones) or any(not 0 < m < self.epochs for m in self.milestones):
+            raise ValueError(f"milestones {self.milestones} must be increasing and inside (0, epochs={self.epochs})")
+        return self
+
+
+class TeacherConfig(Strict):
+    arch: str = "resnet20"
+    seed: int = 0
+    schedule: ScheduleConfig
+
+
+class LogitsConfig(Strict):
+    dtype: Literal["float16"] = "float16"
+    batch_size: int = Field(500, ge=1)
+
+
+class StudentsConfig(Strict):
+    arch: str = "resnet8"
+    seeds: list[int] = Field(min_length=1)
+    schedule: ScheduleConfig
+    methods: list[str] = Field(min_length=1, description="names of entries in `methods`")
+
+
+class EvaluationConfig(Strict):
+    ece_bins: int = Field(15, ge=2)
+
+
+class TrackingConfig(Strict):
+    enabled: bool = True
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "kdflow"
+
+
+class RuntimeConfig(Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    kernels: Literal["auto", "torch"] = "auto"
+    threads: int = Field(2, ge=1)
+    store: str = Field(".kdflow/store", description="content-addressed artifacts of the Prefect flow")
+
+
+class StudyConfig(Strict):
+    study: str = "default"
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    teacher: TeacherConfig
+    logits: LogitsConfig = LogitsConfig()
+    students: StudentsConfig
+    methods: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="settings per method entry; the key is the entry's name, `method:` picks the "
+        "registry method when the name is a variant (e.g. kd_t2: {method: kd, temperature: 2})",
+    )
+    evaluation: EvaluationConfig = EvaluationConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _check_references(self) -> "StudyConfig":
+        from kdlib.methods import validate_method_entry
+        from kdlib.models import ARCHS
+
+        for field, arch in (("teacher.arch", self.teacher.arch), ("students.arch", self.students.arch)):
+            if arch not in ARCHS:
+                raise ValueError(f"{field}: unknown arch {arch!r}; allowed: {', '.join(ARCHS)}")
+        if len(set(self.students.methods)) != len(self.students.methods):
+            raise ValueError(f"students.methods: duplicate entries in {self.students.methods}")
+        if len(set(self.students.seeds)) != len(self.students.seeds):
+            raise ValueError(f"students.seeds: duplicate seeds in {self.students.seeds}")
+        for name in self.students.methods:
+            validate_method_entry(name, self.methods.get(name, {}))
+        return self
+
+    def method_settings(self, name: str) -> Any:
+        """The validated settings object of one method entry."""
+        from kdlib.methods import validate_method_entry
+
+        return validate_method_entry(name, self.methods.get(name, {}))
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc if p not in ("function-after",)) or "<root>"
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid study config {source}:"]
+    for e in err.errors():
+        path = _field_path(e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see docs/config.md for the allowed keys)"
+        elif e["type"] == "literal_error":
+            msg = f"{msg} (got {e.get('input')!r})"
+        lines.append(f"  {msg}" if path == "<root>" else f"  {path}: {msg}")
+    return "\n".join(lines)
+
+
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Overrides win key by key; nested mappings merge, everything else is replaced."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_config(raw: dict[str, Any], source: str = "<dict>") -> StudyConfig:
+    """Validate a raw mapping; raises ConfigError naming every bad field."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid study config {source}: the top level must be a mapping, got {type(raw).__name__}")
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> StudyConfig:
+    """Read, merge overrides into, and validate a study file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study config {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"study config {path} is not valid YAML: {err}") from None
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    return parse_config(raw, str(path))

@@ -1,0 +1,53 @@
+"""cache_logits: the teacher's logits on every (epoch, sample) view the students will see."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from kdlib import artifacts
+from kdlib.config import StudyConfig
+from kdlib.data import load_dataset
+from kdlib.logit_cache import compute_cache, write_cache
+from tasks import common
+from tasks.train_teacher import load_teacher
+
+STEP = "cache_logits"
+CODE = ("tasks/cache_logits.py", "kdlib/logit_cache.py", "kdlib/data.py", "kdlib/models.py")
+
+
+def config_slice(cfg: StudyConfig) -> dict:
+    return {
+        "logits": cfg.logits.model_dump(),
+        "augment": cfg.augment.model_dump(),
+        "epochs": cfg.students.schedule.epochs,
+    }
+
+
+def key(cfg: StudyConfig, data: common.Manifest, teacher: common.Manifest) -> str:
+    return common.cache_key(STEP, config_slice(cfg), [data, teacher], CODE)
+
+
+def run(cfg: StudyConfig, data: common.Manifest, teacher: common.Manifest, out_dir: Path) -> common.Manifest:
+    ds = load_dataset(Path(data["dir"]) / "dataset.pt")
+    model = load_teacher(cfg, data, teacher)
+    cache = compute_cache(model, ds, cfg.augment, cfg.students.schedule.epochs, cfg.logits.batch_size)
+    meta = write_cache(out_dir, cache)
+    meta.update(teacher_key=teacher["key"], augment=cfg.augment.model_dump())
+    return artifacts.write_manifest(out_dir, STEP, key(cfg, data, teacher), meta)
+
+
+@task(name=STEP, cache_key_fn=common.prefect_cache_key(STEP, key), **common.TASK_OPTIONS)
+def cache_logits_task(cfg: StudyConfig, data: common.Manifest, teacher: common.Manifest) -> common.Manifest:
+    return common.run_in_store(cfg, STEP, key(cfg, data, teacher), lambda out: run(cfg, data, teacher, out))
+
+
+def main() -> None:
+    cfg, _ = common.cli(__doc__)
+    data = artifacts.read_manifest(common.dvc_dir("prepare_data"))
+    teacher = artifacts.read_manifest(common.dvc_dir("train_teacher"))
+    run(cfg, data, teacher, common.dvc_dir(STEP))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""What every step shares: cache keys, the content-addressed store, the DVC command line.
+
+A step's cache key hashes its name, the slice of the validated config it reads, the
+content hashes of its inputs and the source of the code it runs (`architecture.md`).
+The Prefect front door writes each artifact to `<runtime.store>/<step>/<key>`, so a
+cache hit can only ever hand back the artifact built from those inputs; the DVC front
+door writes to the fixed paths of `dvc.yaml` and lets DVC do the caching.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+
+from kdlib import artifacts
+from kdlib.config import ConfigError, StudyConfig, load_config
+
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
+Manifest = dict[str, Any]
+
+
+@functools.lru_cache(maxsize=None)
+def code_version(files: tuple[str, ...]) -> str:
+    """Hash of the source files a step runs (the same files its DVC stage depends on)."""
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update(name.encode())
+        digest.update((SOURCE_ROOT / name).read_bytes())
+    return digest.hexdigest()
+
+
+def cache_key(step: str, config_slice: Any, inputs: Iterable[Manifest], code: tuple[str, ...]) -> str:
+    return artifacts.hash_json(
+        {
+            "step": step,
+            "config": config_slice,
+            "inputs": [m["files"] for m in inputs],
+            "code": code_version(code),
+        }
+    )[:24]
+
+
+def store_dir(cfg: StudyConfig, step: str, key: str) -> Path:
+    return Path(cfg.runtime.store) / step / key
+
+
+def run_in_store(cfg: StudyConfig, step: str, key: str, body: Callable[[Path], Manifest]) -> Manifest:
+    """Reuse the artifact folder of this key if it is complete, else build it."""
+    out_dir = store_dir(cfg, step, key)
+    if artifacts.is_complete(out_dir):
+        print(f"{step}: reusing {out_dir}")
+        return artifacts.read_manifest(out_dir)
+    return body(out_dir)
+
+
+def prefect_cache_key(step: str, key_fn: Callable[..., str]) -> Callable[[Any, dict[str, Any]], str]:
+    """A Prefect `cache_key_fn`: the step's key, unless its artifact folder is gone.
+
+    A cache record whose folder was deleted or altered must not be served: then a
+    one-off key forces the task to run and rebuild the folder.
+    """
+
+    def cache_key_fn(context: Any, parameters: dict[str, Any]) -> str:
+        key = key_fn(**parameters)
+        if artifacts.is_complete(store_dir(parameters["cfg"], step, key)):
+            return f"{step}-{key}"
+        return f"{step}-{key}-rebuild-{uuid.uuid4().hex}"
+
+    return cache_key_fn
+
+
+TASK_OPTIONS: dict[str, Any] = {"persist_result": True, "result_serializer": "json", "retries": 0}
+
+
+def setup_torch(cfg: StudyConfig) -> None:
+    torch.set_num_threads(cfg.runtime.threads)
+
+
+# The fixed artifact paths of the DVC front door (must match dvc.yaml).
+def dvc_dir(step: str, method: str | None = None, seed: int | None = None) -> Path:
+    base = {
+        "prepare_data": "artifacts/data",
+        "train_teacher": "artifacts/teacher",
+        "cache_logits": "artifacts/logits",
+        "train_student": "artifacts/students",
+        "evaluate": "artifacts/evaluations",
+        "aggregate": "results",
+    }[step]
+    path = Path(base)
+    return path / method / f"seed{seed}" if method is not None else path
+
+
+def cli(description: str, per_student: bool = False) -> tuple[StudyConfig, argparse.Namespace]:
+    """Parse `python -m tasks.<step>` arguments and load the study; bad config exits 2."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", default="params.yaml", help="study file (default: params.yaml)")
+    if per_student:
+        parser.add_argument("--method", required=True)
+        parser.add_argument("--seed", required=True, type=int)
+    args = parser.parse_args()
+    try:
+        cfg = load_config(args.params)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        raise SystemExit(2) from None
+    if per_student and args.method not in cfg.students.methods:
+        print(f"--method {args.method!r} is not in students.methods {cfg.students.methods}", file=sys.stderr)
+        raise SystemExit(2)
+    setup_torch(cfg)
+    return cfg, args

@@ -1,0 +1,72 @@
+"""evaluate: test metrics of one trained student, against the labels and the teacher."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import task
+
+from kdlib import artifacts
+from kdlib.config import StudyConfig
+from kdlib.data import load_dataset
+from kdlib.logit_cache import LogitCache
+from kdlib.metrics import evaluate_logits
+from kdlib.train import predict
+from tasks import common
+from tasks.train_student import HISTORY, load_student
+
+STEP = "evaluate"
+CODE = ("tasks/evaluate.py", "kdlib/metrics.py")
+METRICS = "metrics.json"
+
+
+def key(cfg: StudyConfig, data: common.Manifest, logits: common.Manifest, student: common.Manifest) -> str:
+    return common.cache_key(STEP, cfg.evaluation.model_dump(), [data, logits, student], CODE)
+
+
+def run(
+    cfg: StudyConfig, data: common.Manifest, logits: common.Manifest, student: common.Manifest, out_dir: Path
+) -> common.Manifest:
+    ds = load_dataset(Path(data["dir"]) / "dataset.pt")
+    teacher_test = LogitCache(Path(logits["dir"])).test
+    model = load_student(cfg, data, student)
+    last = evaluate_logits(predict(model, ds.x_test, ds), ds.y_test, teacher_test, cfg.evaluation.ece_bins)
+    history = json.loads((Path(student["dir"]) / HISTORY).read_text())
+    s = student["meta"]
+    metrics = {
+        "method": s["method"],
+        "seed": s["seed"],
+        **last,
+        "best_top1": s["best_top1"],
+        "best_epoch": s["best_epoch"],
+        "last_epoch": len(history),
+    }
+    artifacts.write_json(Path(out_dir) / METRICS, metrics)
+    print(f"evaluate {s['method']} seed {s['seed']}: top-1 {last['top1']:.2f} (best {s['best_top1']:.2f} at epoch {s['best_epoch']})")
+    meta = {"metrics": metrics, "student_key": student["key"], "student_dir": student["dir"]}
+    return artifacts.write_manifest(out_dir, STEP, key(cfg, data, logits, student), meta)
+
+
+@task(
+    name=STEP,
+    task_run_name="evaluate[{student[meta][method]}, seed {student[meta][seed]}]",
+    cache_key_fn=common.prefect_cache_key(STEP, key),
+    **common.TASK_OPTIONS,
+)
+def evaluate_task(
+    cfg: StudyConfig, data: common.Manifest, logits: common.Manifest, student: common.Manifest
+) -> common.Manifest:
+    k = key(cfg, data, logits, student)
+    return common.run_in_store(cfg, STEP, k, lambda out: run(cfg, data, logits, student, out))
+
+
+def main() -> None:
+    cfg, args = common.cli(__doc__, per_student=True)
+    data = artifacts.read_manifest(common.dvc_dir("prepare_data"))
+    logits = artifacts.read_manifest(common.dvc_dir("cache_logits"))
+    student = artifacts.read_manifest(common.dvc_dir("train_student", args.method, args.seed))
+    run(cfg, data, logits, student, common.dvc_dir(STEP, args.method, args.seed))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""MLflow side channel: one parent run per pipeline run, a child run per teacher and student.
+
+Logged from the finished artifacts (manifests, per-epoch histories, metrics), so the
+tree is the same whichever front door ran the study and a cached step costs nothing.
+MLflow is imported here only, lazily: it is slow to import and kdlib never needs it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from kdlib.config import StudyConfig
+from tasks.common import Manifest
+
+
+def tracking_uri(cfg: StudyConfig) -> str:
+    """`sqlite:///relative.db` is resolved against the project (cwd), so every process agrees."""
+    uri = cfg.tracking.uri
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + str((Path.cwd() / uri[len(prefix):]).resolve())
+    return uri
+
+
+def _experiment_id(mlflow: Any, cfg: StudyConfig) -> str:
+    experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_root = (Path.cwd() / "mlruns").resolve().as_uri()
+    return mlflow.create_experiment(cfg.tracking.experiment, artifact_location=artifact_root)
+
+
+def _flatten(prefix: str, obj: Any) -> dict[str, str]:
+    if isinstance(obj, dict):
+        out: dict[str, str] = {}
+        for k, v in obj.items():
+            out.update(_flatten(f"{prefix}.{k}" if prefix else str(k), v))
+        return out
+    return {prefix: json.dumps(obj) if isinstance(obj, list) else str(obj)}
+
+
+def _log_history(client: Any, run_id: str, history: list[dict[str, float]]) -> None:
+    from mlflow.entities import Metric
+
+    metrics = [
+        Metric(name, float(value), 0, int(record["epoch"]))
+        for record in history
+        for name, value in record.items()
+        if name != "epoch"
+    ]
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+
+def log_study(cfg: StudyConfig, teacher: Manifest, evaluations: list[Manifest], results_dir: Path) -> str:
+    """Log the run tree; returns the parent run's id."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    client = MlflowClient()
+    experiment_id = _experiment_id(mlflow, cfg)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=cfg.study) as parent:
+        mlflow.log_params(_flatten("", cfg.model_dump(exclude={"methods"})) | {"methods": json.dumps(cfg.students.methods)})
+        summary = json.loads((Path(results_dir) / "summary.json").read_text())
+        for row in summary["methods"]:
+            mlflow.log_metrics({f"{k}/{row['method']}": v for k, v in row.items() if k.endswith(("_mean", "_std"))})
+        for name in ("summary.csv", "summary.md", "summary.json"):
+            mlflow.log_artifact(str(Path(results_dir) / name))
+
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"teacher {teacher['meta']['arch']}", nested=True) as run:
+            mlflow.set_tags({"role": "teacher", "artifact_key": teacher["key"], "artifact_dir": teacher["dir"]})
+            mlflow.log_params(_flatten("teacher", cfg.teacher.model_dump()))
+            _log_history(client, run.info.run_id, json.loads((Path(teacher["dir"]) / "history.json").read_text()))
+            mlflow.log_metrics({f"final/{k}": v for k, v in teacher["meta"]["test"].items()})
+
+        for evaluation in evaluations:
+            metrics = evaluation["meta"]["metrics"]
+            student_dir = Path(evaluation["meta"]["student_dir"])
+            method, seed = metrics["method"], metrics["seed"]
+            with mlflow.start_run(experiment_id=experiment_id, run_name=f"{method} seed {seed}", nested=True) as run:
+                mlflow.set_tags({"role": "student", "method": method, "artifact_key": evaluation["meta"]["student_key"], "artifact_dir": str(student_dir)})
+                mlflow.log_params(
+                    {"method": method, "seed": seed, "arch": cfg.students.arch}
+                    | _flatten("settings", cfg.method_settings(method).model_dump())
+                    | _flatten("schedule", cfg.students.schedule.model_dump())
+                )
+                _log_history(client, run.info.run_id, json.loads((student_dir / "history.json").read_text()))
+                mlflow.log_metrics({f"final/{k}": float(v) for k, v in metrics.items() if k not in ("method", "seed")})
+        return parent.info.run_id

@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny data set and study config so library tests run in seconds."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tests use one thread: on a loaded 2-core machine oversubscription is far slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_ds():
+    from kdlib.data import make_synthetic
+
+    return make_synthetic(seed=0, num_train_per_class=4, num_test_per_class=2, image_size=8, num_classes=10, num_superclasses=2)
+
+
+TINY_STUDY = {
+    "study": "tiny",
+    "data": {"source": "digits", "seed": 0, "test_fraction": 0.2},
+    "augment": {"padding": 1, "flip": True, "seed": 3},
+    "teacher": {"arch": "resnet8", "seed": 0, "schedule": {"epochs": 1, "batch_size": 128, "lr": 0.05}},
+    "students": {
+        "arch": "mlp",
+        "seeds": [0],
+        "schedule": {"epochs": 2, "batch_size": 128, "lr": 0.05},
+        "methods": ["ce", "kd"],
+    },
+    "methods": {"ce": {}, "kd": {}},
+    "tracking": {"enabled": True, "uri": "sqlite:///mlflow.db", "experiment": "tiny"},
+    "runtime": {"device": "cpu", "threads": 1, "store": ".kdflow/store"},
+}
