@@ -27,6 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: install
+	@mkdir -p $(PREFECT_HOME)
 	$(BIN)/dvc repro
 	@echo "results table: results/summary.md (also results/summary.csv, results/summary.json)"
 
@@ -35,6 +36,7 @@ test: install
 
 # A local Prefect server (SQLite in .kdflow/prefect) and a process serving the deployments.
 serve: install
+	@mkdir -p $(PREFECT_HOME)
 	@echo "Prefect UI: http://127.0.0.1:$(PORT_PREFECT)  (Ctrl-C stops both)"
 	@echo "then: PREFECT_API_URL=http://127.0.0.1:$(PORT_PREFECT)/api $(BIN)/prefect deployment run 'kd-pipeline/default'"
 	$(BIN)/prefect server start --host 127.0.0.1 --port $(PORT_PREFECT) & server=$$!; \

@@ -207,10 +207,10 @@ def make_synthetic(
     brightness = torch.randn(n, channels, 1, 1, generator=gen) * (_BRIGHT * d)
     clutter = _smooth(gen, n, channels, 3, size) * (_CLUTTER * d)
     noise = torch.randn(n, channels, size, size, generator=gen) * (_NOISE * d)
-    x = x * contrast + brightness + clutter + noise
+    x = x.mul_(contrast).add_(brightness).add_(clutter).add_(noise)  # in place: 32 px is big
 
     # Squash to [0, 1] smoothly (no hard clipping of the signal) and quantise.
-    images = (torch.sigmoid(1.2 * x) * 255.0).round().to(torch.uint8)
+    images = x.mul_(1.2).sigmoid_().mul_(255.0).round_().to(torch.uint8)
 
     # Balanced split inside each class, then a deterministic shuffle of each split.
     within = torch.arange(n) % per_class

@@ -1,0 +1,68 @@
+"""The Prefect front door: the flow runs the DAG, and a second run with the same parameters is all Cached."""
+import json
+import subprocess
+
+import pytest
+
+from tests.conftest import TINY_STUDY
+from tests.project import BIN, make_project, project_env, run
+
+pytestmark = pytest.mark.slow
+
+# Runs the flow twice in one process (one temporary Prefect server), then a changed study,
+# and prints each run's task states.
+SCRIPT = """
+import asyncio, json
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from flows.pipeline import kd_pipeline
+
+async def task_states(flow_run_id):
+    async with get_client() as client:
+        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return sorted((r.name, r.state.name) for r in runs)
+
+out = []
+for kwargs in ({}, {}, {"overrides": {"methods": {"kd": {"temperature": 2.0}}}}):
+    state = kd_pipeline(params_path="params.yaml", return_state=True, **kwargs)
+    out.append({"ok": state.is_completed(), "summary": state.result()["dir"], "tasks": asyncio.run(task_states(state.state_details.flow_run_id))})
+print("RESULT" + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    dest = make_project(tmp_path_factory.mktemp("flow"), TINY_STUDY)
+    result = run([str(BIN / "python"), "-c", SCRIPT], dest, project_env(dest), timeout=400)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT"))
+    return dest, json.loads(line[len("RESULT"):])
+
+
+def test_first_run_completes_every_task(runs):
+    dest, (first, _, _) = runs
+    assert first["ok"]
+    names = [name.split("-")[0] for name, _ in first["tasks"]]
+    assert names.count("train_student[ce, seed 0]") + names.count("train_student[kd, seed 0]") == 2
+    assert {state for _, state in first["tasks"]} == {"Completed"}
+    assert len(first["tasks"]) == 8
+    assert (dest / first["summary"] / "summary.md").is_file()
+
+
+def test_second_run_is_all_cached(runs):
+    _, (_, second, _) = runs
+    assert second["ok"]
+    assert len(second["tasks"]) == 8
+    assert {state for _, state in second["tasks"]} == {"Cached"}
+
+
+def test_changed_method_setting_reruns_only_that_method(runs):
+    _, (_, _, third) = runs
+    ran = sorted(name for name, state in third["tasks"] if state != "Cached")
+    assert ran == ["aggregate", "evaluate[kd, seed 0]", "train_student[kd, seed 0]"], third["tasks"]
+
+
+def test_store_is_content_addressed(runs):
+    dest, (first, _, third) = runs
+    students = sorted(p.name for p in (dest / ".kdflow/store/train_student").iterdir())
+    assert len(students) == 3  # ce, kd at T=4, kd at T=2: both kd artifacts kept side by side
+    assert first["summary"] != third["summary"]
