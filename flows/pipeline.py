@@ -10,7 +10,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from kdlib.config import load_config
 from tasks.aggregate import aggregate_task
 from tasks.cache_logits import cache_logits_task
-from tasks.common import setup_torch
+from tasks.common import result_storage, setup_torch
 from tasks.evaluate import evaluate_task
 from tasks.prepare_data import prepare_data_task
 from tasks.train_student import train_student_task
@@ -36,15 +36,20 @@ def kd_pipeline(
     cfg = load_config(params_path, merged)
     setup_torch(cfg)
 
-    data = prepare_data_task(cfg)
-    teacher = train_teacher_task(cfg, data)
-    logits = cache_logits_task(cfg, data, teacher)
+    storage = result_storage(cfg)
+    prepare_data, train_teacher, cache_logits, train_student, evaluate, aggregate = (
+        t.with_options(result_storage=storage)
+        for t in (prepare_data_task, train_teacher_task, cache_logits_task, train_student_task, evaluate_task, aggregate_task)
+    )
+    data = prepare_data(cfg)
+    teacher = train_teacher(cfg, data)
+    logits = cache_logits(cfg, data, teacher)
     pairs = list(itertools.product(cfg.students.methods, cfg.students.seeds))
-    students = train_student_task.map(
+    students = train_student.map(
         cfg=unmapped(cfg), method=[m for m, _ in pairs], seed=[s for _, s in pairs],
         data=unmapped(data), logits=unmapped(logits),
     )
-    evaluations = evaluate_task.map(cfg=unmapped(cfg), data=unmapped(data), logits=unmapped(logits), student=students)
-    summary = aggregate_task(cfg, teacher, evaluations.result())
+    evaluations = evaluate.map(cfg=unmapped(cfg), data=unmapped(data), logits=unmapped(logits), student=students)
+    summary = aggregate(cfg, teacher, evaluations.result())
     print(f"results table: {summary['dir']}/summary.md")
     return summary

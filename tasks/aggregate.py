@@ -93,7 +93,7 @@ def run(cfg: StudyConfig, teacher: common.Manifest, evaluations: list[common.Man
     return artifacts.write_manifest(out_dir, STEP, key(cfg, teacher, evaluations), meta)
 
 
-@task(name=STEP, cache_key_fn=common.prefect_cache_key(STEP, key), **common.TASK_OPTIONS)
+@task(name=STEP, task_run_name=STEP, cache_key_fn=common.prefect_cache_key(STEP, key), **common.TASK_OPTIONS)
 def aggregate_task(cfg: StudyConfig, teacher: common.Manifest, evaluations: list[common.Manifest]) -> common.Manifest:
     return common.run_in_store(cfg, STEP, key(cfg, teacher, evaluations), lambda out: run(cfg, teacher, evaluations, out))
 

@@ -37,7 +37,7 @@ def run(cfg: StudyConfig, data: common.Manifest, teacher: common.Manifest, out_d
     return artifacts.write_manifest(out_dir, STEP, key(cfg, data, teacher), meta)
 
 
-@task(name=STEP, cache_key_fn=common.prefect_cache_key(STEP, key), **common.TASK_OPTIONS)
+@task(name=STEP, task_run_name=STEP, cache_key_fn=common.prefect_cache_key(STEP, key), **common.TASK_OPTIONS)
 def cache_logits_task(cfg: StudyConfig, data: common.Manifest, teacher: common.Manifest) -> common.Manifest:
     return common.run_in_store(cfg, STEP, key(cfg, data, teacher), lambda out: run(cfg, data, teacher, out))
 

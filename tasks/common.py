@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import shutil
 import sys
 import uuid
 from pathlib import Path
@@ -51,28 +52,51 @@ def store_dir(cfg: StudyConfig, step: str, key: str) -> Path:
 
 
 def run_in_store(cfg: StudyConfig, step: str, key: str, body: Callable[[Path], Manifest]) -> Manifest:
-    """Reuse the artifact folder of this key if it is complete, else build it."""
+    """Reuse the artifact folder of this key if it is complete, else (re)build it."""
     out_dir = store_dir(cfg, step, key)
     if artifacts.is_complete(out_dir):
         print(f"{step}: reusing {out_dir}")
         return artifacts.read_manifest(out_dir)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
     return body(out_dir)
 
 
-def prefect_cache_key(step: str, key_fn: Callable[..., str]) -> Callable[[Any, dict[str, Any]], str]:
-    """A Prefect `cache_key_fn`: the step's key, unless its artifact folder is gone.
+RESULT_RECORD = ".prefect-result"
 
-    A cache record whose folder was deleted or altered must not be served: then a
-    one-off key forces the task to run and rebuild the folder.
+
+def prefect_cache_key(step: str, key_fn: Callable[..., str]) -> Callable[[Any, dict[str, Any]], str]:
+    """A Prefect `cache_key_fn` whose record lives inside the artifact folder it describes.
+
+    With result storage rooted at the store (`result_storage`), the key
+    `<step>/<key>/.prefect-result` puts Prefect's cache record next to the artifact: delete
+    the folder and the record goes with it, so a cache hit can never point at a missing
+    artifact. A folder that exists but fails its manifest check gets a one-off key, so
+    the task runs and rebuilds it.
     """
 
     def cache_key_fn(context: Any, parameters: dict[str, Any]) -> str:
         key = key_fn(**parameters)
-        if artifacts.is_complete(store_dir(parameters["cfg"], step, key)):
-            return f"{step}-{key}"
-        return f"{step}-{key}-rebuild-{uuid.uuid4().hex}"
+        folder = store_dir(parameters["cfg"], step, key)
+        if folder.exists() and not artifacts.is_complete(folder):
+            return f"{step}/{key}/{RESULT_RECORD}-rebuild-{uuid.uuid4().hex}"
+        return f"{step}/{key}/{RESULT_RECORD}"
 
     return cache_key_fn
+
+
+def result_storage(cfg: StudyConfig) -> Any:
+    """Prefect result storage rooted at the study's artifact store (see `prefect_cache_key`).
+
+    Prefect wants result storage saved server-side; the block's name is derived from the
+    store's path, so every run on the same store shares one block.
+    """
+    from prefect.filesystems import LocalFileSystem
+
+    basepath = str(Path(cfg.runtime.store).resolve())
+    storage = LocalFileSystem(basepath=basepath)
+    storage.save(f"kdflow-store-{hashlib.sha256(basepath.encode()).hexdigest()[:12]}", overwrite=True)
+    return storage
 
 
 TASK_OPTIONS: dict[str, Any] = {"persist_result": True, "result_serializer": "json", "retries": 0}

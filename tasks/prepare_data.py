@@ -40,7 +40,7 @@ def run(cfg: StudyConfig, out_dir: Path) -> common.Manifest:
     return artifacts.write_manifest(out_dir, STEP, key(cfg), meta)
 
 
-@task(name=STEP, cache_key_fn=common.prefect_cache_key(STEP, key), **common.TASK_OPTIONS)
+@task(name=STEP, task_run_name=STEP, cache_key_fn=common.prefect_cache_key(STEP, key), **common.TASK_OPTIONS)
 def prepare_data_task(cfg: StudyConfig) -> common.Manifest:
     return common.run_in_store(cfg, STEP, key(cfg), lambda out: run(cfg, out))
 

@@ -57,7 +57,7 @@ def run(cfg: StudyConfig, data: common.Manifest, out_dir: Path) -> common.Manife
     return artifacts.write_manifest(out_dir, STEP, key(cfg, data), meta)
 
 
-@task(name=STEP, cache_key_fn=common.prefect_cache_key(STEP, key), **common.TASK_OPTIONS)
+@task(name=STEP, task_run_name=STEP, cache_key_fn=common.prefect_cache_key(STEP, key), **common.TASK_OPTIONS)
 def train_teacher_task(cfg: StudyConfig, data: common.Manifest) -> common.Manifest:
     return common.run_in_store(cfg, STEP, key(cfg, data), lambda out: run(cfg, data, out))
 
