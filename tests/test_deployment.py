@@ -1,0 +1,94 @@
+"""End to end: a real local Prefect server, `flows.serve`, and `prefect deployment run`."""
+import json
+import re
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from tests.conftest import TINY_STUDY
+from tests.project import BIN, free_port, make_project, project_env
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for(url: str, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer within {timeout}s")
+
+
+def api(base: str, path: str, body: dict) -> list:
+    request = urllib.request.Request(f"{base}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    dest = make_project(tmp_path_factory.mktemp("deploy"), TINY_STUDY)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/api"
+    env = project_env(dest, PREFECT_API_URL=base)
+    logs = dest / "logs"
+    logs.mkdir()
+    procs = [
+        subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                         cwd=dest, env=env, stdout=open(logs / "server.log", "w"), stderr=subprocess.STDOUT)
+    ]
+    try:
+        wait_for(f"{base}/health", 120)
+        procs.append(subprocess.Popen([str(BIN / "python"), "-m", "flows.serve"], cwd=dest, env=env,
+                                      stdout=open(logs / "serve.log", "w"), stderr=subprocess.STDOUT))
+        deadline = time.time() + 90
+        while len(api(base, "/deployments/filter", {})) < 2 and time.time() < deadline:
+            time.sleep(1)
+        yield dest, env, base
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def deployment_run(dest, env, *args: str) -> str:
+    """Trigger a run, wait for it, return its flow-run id."""
+    result = subprocess.run([str(BIN / "prefect"), "deployment", "run", "kd-pipeline/smoke", "--watch", *args],
+                            cwd=dest, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr + (dest / "logs/serve.log").read_text()[-3000:]
+    return re.search(r"UUID:\s*([0-9a-f-]{36})", result.stdout).group(1)
+
+
+def task_states(base: str, flow_run_id: str) -> dict[str, str]:
+    runs = api(base, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+    return {r["name"]: r["state"]["name"] for r in runs}
+
+
+def test_server_binds_loopback_and_deployments_exist(server):
+    _, _, base = server
+    assert base.startswith("http://127.0.0.1:")
+    names = {d["name"] for d in api(base, "/deployments/filter", {})}
+    assert names == {"default", "smoke"}
+
+
+def test_deployment_run_then_cached_retrigger_then_override(server):
+    dest, env, base = server
+    first = task_states(base, deployment_run(dest, env))
+    assert set(first.values()) == {"Completed"}, first
+    assert {"train_student[ce, seed 0]", "train_student[kd, seed 0]", "train_student[dhkd, seed 0]"} <= set(first)
+
+    second = task_states(base, deployment_run(dest, env))
+    assert set(second.values()) == {"Cached"}, second
+
+    third = task_states(base, deployment_run(dest, env, "--params", json.dumps({"methods": ["ce"], "seeds": [1]})))
+    assert third["train_student[ce, seed 1]"] == "Completed"
+    assert third["train_teacher"] == "Cached" and third["cache_logits"] == "Cached"
+    assert not any(name.startswith("train_student[kd") for name in third)
