@@ -129,6 +129,7 @@ _CONTRAST = 0.25  # log-std of the multiplicative contrast jitter
 _BRIGHT = 0.25  # std of the additive per-channel brightness jitter
 _CLUTTER = 0.45  # amplitude of a per-sample smooth background pattern
 _NOISE = 0.12  # std of i.i.d. pixel noise
+_MIX = 0.0  # max weight of a random sibling's pattern blended into a sample
 DEFAULT_DIFFICULTY = 1.0
 
 
@@ -198,8 +199,16 @@ def make_synthetic(
     shift = (torch.rand(n, 1, 1, 2, generator=gen) * 2 - 1) * (2 * _SHIFT * d)
     warp = _smooth(gen, n, 2, 3, size).permute(0, 2, 3, 1) * (_WARP * d)
     grid = base_grid + shift + warp
+    # Ambiguity: blend in a random sibling's fine pattern (same superclass), so
+    # some samples genuinely look "between" two classes, as in real data.
+    sample_templates = templates[labels]
+    if per_super > 1 and _MIX > 0:
+        offset = torch.randint(1, per_super, (n,), generator=gen)
+        sibling = coarse[labels] * per_super + (labels % per_super + offset) % per_super
+        weight = (torch.rand(n, 1, 1, 1, generator=gen) * min(_MIX * d, 0.5))
+        sample_templates = sample_templates + weight * (class_pattern[sibling] - class_pattern[labels])
     x = F.grid_sample(
-        templates[labels], grid, mode="bilinear", padding_mode="reflection", align_corners=False
+        sample_templates, grid, mode="bilinear", padding_mode="reflection", align_corners=False
     )
 
     # Photometric nuisance.
