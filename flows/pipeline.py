@@ -8,13 +8,8 @@ from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from kdlib.config import load_config
-from tasks.aggregate import aggregate_task
-from tasks.cache_logits import cache_logits_task
+from tasks import aggregate, cache_logits, evaluate, prepare_data, train_student, train_teacher
 from tasks.common import result_storage, setup_torch
-from tasks.evaluate import evaluate_task
-from tasks.prepare_data import prepare_data_task
-from tasks.train_student import train_student_task
-from tasks.train_teacher import train_teacher_task
 
 
 @flow(name="kd-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
@@ -37,19 +32,19 @@ def kd_pipeline(
     setup_torch(cfg)
 
     storage = result_storage(cfg)
-    prepare_data, train_teacher, cache_logits, train_student, evaluate, aggregate = (
-        t.with_options(result_storage=storage)
-        for t in (prepare_data_task, train_teacher_task, cache_logits_task, train_student_task, evaluate_task, aggregate_task)
+    prepare_data_task, train_teacher_task, cache_logits_task, train_student_task, evaluate_task, aggregate_task = (
+        step.prefect_task().with_options(result_storage=storage)
+        for step in (prepare_data, train_teacher, cache_logits, train_student, evaluate, aggregate)
     )
-    data = prepare_data(cfg)
-    teacher = train_teacher(cfg, data)
-    logits = cache_logits(cfg, data, teacher)
+    data = prepare_data_task(cfg)
+    teacher = train_teacher_task(cfg, data)
+    logits = cache_logits_task(cfg, data, teacher)
     pairs = list(itertools.product(cfg.students.methods, cfg.students.seeds))
-    students = train_student.map(
+    students = train_student_task.map(
         cfg=unmapped(cfg), method=[m for m, _ in pairs], seed=[s for _, s in pairs],
         data=unmapped(data), logits=unmapped(logits),
     )
-    evaluations = evaluate.map(cfg=unmapped(cfg), data=unmapped(data), logits=unmapped(logits), student=students)
-    summary = aggregate(cfg, teacher, evaluations.result())
+    evaluations = evaluate_task.map(cfg=unmapped(cfg), data=unmapped(data), logits=unmapped(logits), student=students)
+    summary = aggregate_task(cfg, teacher, evaluations.result())
     print(f"results table: {summary['dir']}/summary.md")
     return summary

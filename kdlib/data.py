@@ -19,8 +19,6 @@ replayed exactly, independent of batch composition, order or worker count.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from kdlib import artifacts
 
 SOURCES: tuple[str, ...] = ("synthetic", "digits")
 
@@ -100,11 +100,20 @@ class Dataset:
 
 
 def _channel_stats(x_uint8: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean/std in [0, 1] scale (float64 for stable sums)."""
-    x = x_uint8.to(torch.float64) / 255.0
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-6)
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    """Per-channel mean/std (unbiased) in [0, 1] scale.
+
+    Computed from exact integer sums, so the result is bit-identical whatever the
+    thread count (float reductions are not), keeping same-seed data sets equal.
+    """
+    x = x_uint8.to(torch.int64).transpose(0, 1).reshape(x_uint8.shape[1], -1)
+    n = x.shape[1]
+    means: list[float] = []
+    stds: list[float] = []
+    for s1, s2 in zip(x.sum(1).tolist(), (x * x).sum(1).tolist(), strict=True):
+        var = (n * s2 - s1 * s1) / (n * max(n - 1, 1)) / 255.0**2  # Python ints: exact
+        means.append(s1 / n / 255.0)
+        stds.append(max(var, 0.0) ** 0.5 or 1e-6)
+    return tuple(means), tuple(stds)
 
 
 def to_float(images_uint8: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -118,18 +127,22 @@ def to_float(images_uint8: Tensor, mean: Sequence[float], std: Sequence[float]) 
 # -----------------------------------------------------------------------------
 # Synthetic CIFAR-100-shaped data
 
-# Nuisance strengths at difficulty 1.0 (tuned so that, at image_size 8 with
-# 40 train images per class, resnet20 clearly beats resnet8 and KD helps; see
-# the module's tuning notes in the project docs).
-_SUPER_AMP = 1.0  # superclass prototype amplitude (shared by its 5 classes)
-_CLASS_AMP = 0.55  # fine-class pattern amplitude (what separates siblings)
-_SHIFT = 0.12  # max translation, as a fraction of the image width
-_WARP = 0.06  # smooth deformation amplitude, in normalised coordinates
+# Generator constants, tuned so that at image_size 8
+# with 40 train images per class, a 20-epoch resnet20 teacher clearly beats an
+# 8-epoch resnet8 student (~74-76% vs ~53-56% test top-1, 4 runs) and Hinton KD
+# (T=4) lifts the student by ~3 points on average (+1 to +4). Fine-class patterns carry more spatial detail than
+# superclass prototypes, which is what rewards the teacher's extra capacity;
+# nuisance is mostly learnable (geometry, contrast) rather than destructive.
+_SUPER_AMP = 1.0  # superclass prototype amplitude (shared by its fine classes)
+_SUPER_GRID = 4  # degrees of freedom per axis of a superclass texture
+_CLASS_AMP = 0.4  # fine-class pattern amplitude (what separates siblings)
+_CLASS_GRID = 5  # degrees of freedom per axis of a fine-class pattern
+_SHIFT = 0.2  # max translation, as a fraction of the image width
+_WARP = 0.12  # smooth deformation amplitude, in normalised coordinates
 _CONTRAST = 0.25  # log-std of the multiplicative contrast jitter
 _BRIGHT = 0.25  # std of the additive per-channel brightness jitter
-_CLUTTER = 0.45  # amplitude of a per-sample smooth background pattern
-_NOISE = 0.12  # std of i.i.d. pixel noise
-_MIX = 0.0  # max weight of a random sibling's pattern blended into a sample
+_CLUTTER = 0.2  # amplitude of a per-sample smooth background pattern
+_NOISE = 0.06  # std of i.i.d. pixel noise
 DEFAULT_DIFFICULTY = 1.0
 
 
@@ -155,8 +168,8 @@ def make_synthetic(
     """Generate a CIFAR-100-shaped problem: fine classes nested in superclasses.
 
     Each superclass has a smooth colour/texture prototype; each fine class adds
-    a smaller class-specific smooth pattern, so siblings share most of their
-    appearance. Every sample is its class template under a random translation,
+    a weaker, finer-grained class-specific pattern, so siblings share most of
+    their appearance and are confused with each other far more than with others. Every sample is its class template under a random translation,
     smooth deformation, contrast/brightness jitter, a smooth clutter pattern and
     pixel noise; ``difficulty`` scales all of these nuisances together.
     Deterministic from ``seed`` (a private ``torch.Generator``), balanced, with
@@ -181,9 +194,9 @@ def make_synthetic(
 
     # Class templates: superclass colour + smooth texture, plus a fine-class pattern.
     super_colour = torch.randn(num_superclasses, channels, 1, 1, generator=gen)
-    super_texture = _smooth(gen, num_superclasses, channels, 4, size)
+    super_texture = _smooth(gen, num_superclasses, channels, _SUPER_GRID, size)
     super_proto = _SUPER_AMP * (0.6 * super_colour + super_texture)
-    class_pattern = _CLASS_AMP * _smooth(gen, num_classes, channels, 4, size)
+    class_pattern = _CLASS_AMP * _smooth(gen, num_classes, channels, _CLASS_GRID, size)
     templates = super_proto[coarse] + class_pattern  # (K, C, S, S)
 
     per_class = num_train_per_class + num_test_per_class
@@ -199,16 +212,8 @@ def make_synthetic(
     shift = (torch.rand(n, 1, 1, 2, generator=gen) * 2 - 1) * (2 * _SHIFT * d)
     warp = _smooth(gen, n, 2, 3, size).permute(0, 2, 3, 1) * (_WARP * d)
     grid = base_grid + shift + warp
-    # Ambiguity: blend in a random sibling's fine pattern (same superclass), so
-    # some samples genuinely look "between" two classes, as in real data.
-    sample_templates = templates[labels]
-    if per_super > 1 and _MIX > 0:
-        offset = torch.randint(1, per_super, (n,), generator=gen)
-        sibling = coarse[labels] * per_super + (labels % per_super + offset) % per_super
-        weight = (torch.rand(n, 1, 1, 1, generator=gen) * min(_MIX * d, 0.5))
-        sample_templates = sample_templates + weight * (class_pattern[sibling] - class_pattern[labels])
     x = F.grid_sample(
-        sample_templates, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+        templates[labels], grid, mode="bilinear", padding_mode="reflection", align_corners=False
     )
 
     # Photometric nuisance.
@@ -369,7 +374,7 @@ _TENSOR_FIELDS = ("x_train", "y_train", "x_test", "y_test", "coarse_of_class")
 
 
 def save_dataset(ds: Dataset, path: Path) -> None:
-    """Write ``ds`` with ``torch.save`` atomically (temp file + ``os.replace``).
+    """Write ``ds`` with ``torch.save`` atomically (temp file + rename, see kdlib.artifacts).
 
     Only tensors and plain values are stored, so ``load_dataset`` can use
     ``weights_only=True``; a crash mid-write never leaves a partial file behind.
@@ -384,16 +389,7 @@ def save_dataset(ds: Dataset, path: Path) -> None:
         std=[float(v) for v in ds.std],
         name=str(ds.name),
     )
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    artifacts.save_tensors(path, payload)
 
 
 def load_dataset(path: Path) -> Dataset:

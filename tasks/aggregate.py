@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import polars as pl
-from prefect import task
 
 from kdlib import artifacts
 from kdlib.config import StudyConfig
@@ -93,9 +93,14 @@ def run(cfg: StudyConfig, teacher: common.Manifest, evaluations: list[common.Man
     return artifacts.write_manifest(out_dir, STEP, key(cfg, teacher, evaluations), meta)
 
 
-@task(name=STEP, task_run_name=STEP, cache_key_fn=common.prefect_cache_key(STEP, key), **common.TASK_OPTIONS)
-def aggregate_task(cfg: StudyConfig, teacher: common.Manifest, evaluations: list[common.Manifest]) -> common.Manifest:
+def cached(cfg: StudyConfig, teacher: common.Manifest, evaluations: list[common.Manifest]) -> common.Manifest:
+    """Build (or reuse) this step's artifact in the content-addressed store."""
     return common.run_in_store(cfg, STEP, key(cfg, teacher, evaluations), lambda out: run(cfg, teacher, evaluations, out))
+
+
+def prefect_task() -> Any:
+    """This step as a cached Prefect task (see `common.prefect_task`)."""
+    return common.prefect_task(cached, STEP, key)
 
 
 def main() -> None:

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from prefect import task
 
 from kdlib import artifacts
 from kdlib.config import StudyConfig
@@ -37,9 +37,14 @@ def run(cfg: StudyConfig, data: common.Manifest, teacher: common.Manifest, out_d
     return artifacts.write_manifest(out_dir, STEP, key(cfg, data, teacher), meta)
 
 
-@task(name=STEP, task_run_name=STEP, cache_key_fn=common.prefect_cache_key(STEP, key), **common.TASK_OPTIONS)
-def cache_logits_task(cfg: StudyConfig, data: common.Manifest, teacher: common.Manifest) -> common.Manifest:
+def cached(cfg: StudyConfig, data: common.Manifest, teacher: common.Manifest) -> common.Manifest:
+    """Build (or reuse) this step's artifact in the content-addressed store."""
     return common.run_in_store(cfg, STEP, key(cfg, data, teacher), lambda out: run(cfg, data, teacher, out))
+
+
+def prefect_task() -> Any:
+    """This step as a cached Prefect task (see `common.prefect_task`)."""
+    return common.prefect_task(cached, STEP, key)
 
 
 def main() -> None:

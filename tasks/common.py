@@ -99,7 +99,18 @@ def result_storage(cfg: StudyConfig) -> Any:
     return storage
 
 
-TASK_OPTIONS: dict[str, Any] = {"persist_result": True, "result_serializer": "json", "retries": 0}
+def prefect_task(fn: Callable[..., Manifest], step: str, key_fn: Callable[..., str], **options: Any) -> Any:
+    """`fn` as a cached Prefect task of `step`.
+
+    Built on demand by each step's `prefect_task()`, so the DVC entry points never pay
+    for importing Prefect. Results are JSON manifests, never pickles.
+    """
+    from prefect import task
+
+    return task(
+        fn, name=step, task_run_name=options.pop("task_run_name", step),
+        cache_key_fn=prefect_cache_key(step, key_fn), persist_result=True, result_serializer="json", **options,
+    )
 
 
 def setup_torch(cfg: StudyConfig) -> None:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from prefect import task
 
 from kdlib import artifacts
 from kdlib.config import StudyConfig
@@ -47,17 +47,17 @@ def run(
     return artifacts.write_manifest(out_dir, STEP, key(cfg, data, logits, student), meta)
 
 
-@task(
-    name=STEP,
-    task_run_name="evaluate[{student[meta][method]}, seed {student[meta][seed]}]",
-    cache_key_fn=common.prefect_cache_key(STEP, key),
-    **common.TASK_OPTIONS,
-)
-def evaluate_task(
+def cached(
     cfg: StudyConfig, data: common.Manifest, logits: common.Manifest, student: common.Manifest
 ) -> common.Manifest:
+    """Build (or reuse) this step's artifact in the content-addressed store."""
     k = key(cfg, data, logits, student)
     return common.run_in_store(cfg, STEP, k, lambda out: run(cfg, data, logits, student, out))
+
+
+def prefect_task() -> Any:
+    """This step as a cached Prefect task (see `common.prefect_task`)."""
+    return common.prefect_task(cached, STEP, key, task_run_name="evaluate[{student[meta][method]}, seed {student[meta][seed]}]")
 
 
 def main() -> None:

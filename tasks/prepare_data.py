@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from prefect import task
 
 from kdlib import artifacts
 from kdlib.config import StudyConfig
@@ -40,9 +40,14 @@ def run(cfg: StudyConfig, out_dir: Path) -> common.Manifest:
     return artifacts.write_manifest(out_dir, STEP, key(cfg), meta)
 
 
-@task(name=STEP, task_run_name=STEP, cache_key_fn=common.prefect_cache_key(STEP, key), **common.TASK_OPTIONS)
-def prepare_data_task(cfg: StudyConfig) -> common.Manifest:
+def cached(cfg: StudyConfig) -> common.Manifest:
+    """Build (or reuse) this step's artifact in the content-addressed store."""
     return common.run_in_store(cfg, STEP, key(cfg), lambda out: run(cfg, out))
+
+
+def prefect_task() -> Any:
+    """This step as a cached Prefect task (see `common.prefect_task`)."""
+    return common.prefect_task(cached, STEP, key)
 
 
 def main() -> None:

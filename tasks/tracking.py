@@ -23,6 +23,11 @@ def tracking_uri(cfg: StudyConfig) -> str:
     return uri
 
 
+def metric_safe(name: str) -> str:
+    """MLflow metric keys cannot hold '+': `ce+binarykl_norm` is logged as `ce_plus_binarykl_norm`."""
+    return name.replace("+", "_plus_")
+
+
 def _experiment_id(mlflow: Any, cfg: StudyConfig) -> str:
     experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
     if experiment is not None:
@@ -65,7 +70,7 @@ def log_study(cfg: StudyConfig, teacher: Manifest, evaluations: list[Manifest], 
         mlflow.log_params(_flatten("", cfg.model_dump(exclude={"methods"})) | {"methods": json.dumps(cfg.students.methods)})
         summary = json.loads((Path(results_dir) / "summary.json").read_text())
         for row in summary["methods"]:
-            mlflow.log_metrics({f"{k}/{row['method']}": v for k, v in row.items() if k.endswith(("_mean", "_std"))})
+            mlflow.log_metrics({f"{k}/{metric_safe(row['method'])}": v for k, v in row.items() if k.endswith(("_mean", "_std"))})
         for name in ("summary.csv", "summary.md", "summary.json"):
             mlflow.log_artifact(str(Path(results_dir) / name))
 

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
-from prefect import task
 
 from kdlib import artifacts
 from kdlib.config import StudyConfig
@@ -73,17 +73,17 @@ def run(
     return artifacts.write_manifest(out_dir, STEP, key(cfg, method, seed, data, logits), meta)
 
 
-@task(
-    name=STEP,
-    task_run_name="train_student[{method}, seed {seed}]",
-    cache_key_fn=common.prefect_cache_key(STEP, key),
-    **common.TASK_OPTIONS,
-)
-def train_student_task(
+def cached(
     cfg: StudyConfig, method: str, seed: int, data: common.Manifest, logits: common.Manifest
 ) -> common.Manifest:
+    """Build (or reuse) this step's artifact in the content-addressed store."""
     k = key(cfg, method, seed, data, logits)
     return common.run_in_store(cfg, STEP, k, lambda out: run(cfg, method, seed, data, logits, out))
+
+
+def prefect_task() -> Any:
+    """This step as a cached Prefect task (see `common.prefect_task`)."""
+    return common.prefect_task(cached, STEP, key, task_run_name="train_student[{method}, seed {seed}]")
 
 
 def main() -> None:

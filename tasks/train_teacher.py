@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
-from prefect import task
 
 from kdlib import artifacts
 from kdlib.config import StudyConfig
@@ -57,9 +57,14 @@ def run(cfg: StudyConfig, data: common.Manifest, out_dir: Path) -> common.Manife
     return artifacts.write_manifest(out_dir, STEP, key(cfg, data), meta)
 
 
-@task(name=STEP, task_run_name=STEP, cache_key_fn=common.prefect_cache_key(STEP, key), **common.TASK_OPTIONS)
-def train_teacher_task(cfg: StudyConfig, data: common.Manifest) -> common.Manifest:
+def cached(cfg: StudyConfig, data: common.Manifest) -> common.Manifest:
+    """Build (or reuse) this step's artifact in the content-addressed store."""
     return common.run_in_store(cfg, STEP, key(cfg, data), lambda out: run(cfg, data, out))
+
+
+def prefect_task() -> Any:
+    """This step as a cached Prefect task (see `common.prefect_task`)."""
+    return common.prefect_task(cached, STEP, key)
 
 
 def main() -> None:
