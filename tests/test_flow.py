@@ -23,7 +23,7 @@ async def task_states(flow_run_id):
     return sorted((r.name, r.state.name) for r in runs)
 
 out = []
-for kwargs in ({}, {}, {"overrides": {"methods": {"kd": {"temperature": 2.0}}}}):
+for kwargs in ({}, {}, {"overrides": {"methods": {"kd": {"temperature": 2.0}}}}, {}):
     state = kd_pipeline(params_path="params.yaml", return_state=True, **kwargs)
     out.append({"ok": state.is_completed(), "summary": state.result()["dir"], "tasks": asyncio.run(task_states(state.state_details.flow_run_id))})
 print("RESULT" + json.dumps(out))
@@ -39,7 +39,7 @@ def runs(tmp_path_factory):
 
 
 def test_first_run_completes_every_task(runs):
-    dest, (first, _, _) = runs
+    dest, (first, *_) = runs
     assert first["ok"]
     assert sorted(name for name, _ in first["tasks"]) == [
         "aggregate", "cache_logits", "evaluate[ce, seed 0]", "evaluate[kd, seed 0]",
@@ -50,20 +50,26 @@ def test_first_run_completes_every_task(runs):
 
 
 def test_second_run_is_all_cached(runs):
-    _, (_, second, _) = runs
+    _, (_, second, *_) = runs
     assert second["ok"]
     assert len(second["tasks"]) == 8
     assert {state for _, state in second["tasks"]} == {"Cached"}
 
 
 def test_changed_method_setting_reruns_only_that_method(runs):
-    _, (_, _, third) = runs
+    _, (_, _, third, _) = runs
     ran = sorted(name for name, state in third["tasks"] if state != "Cached")
     assert ran == ["aggregate", "evaluate[kd, seed 0]", "train_student[kd, seed 0]"], third["tasks"]
 
 
+def test_reverting_the_setting_brings_back_the_first_artifacts(runs):
+    _, (first, _, _, fourth) = runs
+    assert {state for _, state in fourth["tasks"]} == {"Cached"}, fourth["tasks"]
+    assert fourth["summary"] == first["summary"]
+
+
 def test_store_is_content_addressed(runs):
-    dest, (first, _, third) = runs
+    dest, (first, _, third, _) = runs
     students = sorted(p.name for p in (dest / ".kdflow/store/train_student").iterdir())
     assert len(students) == 3  # ce, kd at T=4, kd at T=2: both kd artifacts kept side by side
     assert first["summary"] != third["summary"]
