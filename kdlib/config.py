@@ -13,6 +13,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from kdlib.methods import MethodSettings, validate_method_entry
+from kdlib.models import ARCHS
+
 
 class ConfigError(ValueError):
     """A `params.yaml` that cannot run; the message names the field and the fix."""
@@ -90,7 +93,7 @@ class TrackingConfig(Strict):
 
 class RuntimeConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    kernels: Literal["auto", "torch"] = "auto"
+    kernels: Literal["auto", "torch"] = Field("auto", description="loss backend; the Triton kernels will add 'triton'")
     threads: int = Field(2, ge=1)
     store: str = Field(".kdflow/store", description="content-addressed artifacts of the Prefect flow")
 
@@ -113,9 +116,6 @@ class StudyConfig(Strict):
 
     @model_validator(mode="after")
     def _check_references(self) -> "StudyConfig":
-        from kdlib.methods import validate_method_entry
-        from kdlib.models import ARCHS
-
         for field, arch in (("teacher.arch", self.teacher.arch), ("students.arch", self.students.arch)):
             if arch not in ARCHS:
                 raise ValueError(f"{field}: unknown arch {arch!r}; allowed: {', '.join(ARCHS)}")
@@ -127,10 +127,8 @@ class StudyConfig(Strict):
             validate_method_entry(name, self.methods.get(name, {}))
         return self
 
-    def method_settings(self, name: str) -> Any:
+    def method_settings(self, name: str) -> MethodSettings:
         """The validated settings object of one method entry."""
-        from kdlib.methods import validate_method_entry
-
         return validate_method_entry(name, self.methods.get(name, {}))
 
 

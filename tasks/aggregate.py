@@ -17,7 +17,10 @@ METRICS = ("top1", "best_top1", "top5", "nll", "ece", "agreement", "kl_to_teache
 
 
 def key(cfg: StudyConfig, teacher: common.Manifest, evaluations: list[common.Manifest]) -> str:
-    slice_ = {"study": cfg.study, "methods": cfg.students.methods, "seeds": cfg.students.seeds}
+    slice_ = {
+        "study": cfg.study, "methods": cfg.students.methods, "seeds": cfg.students.seeds,
+        "tracking": cfg.tracking.model_dump(),
+    }
     return common.cache_key(STEP, slice_, [teacher, *evaluations], CODE)
 
 
