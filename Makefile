@@ -18,8 +18,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 install: $(VENV)/.installed
 
 # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
-$(VENV)/.installed: pyproject.toml
-	@mkdir -p $(PREFECT_HOME)
+$(VENV)/.installed: pyproject.toml | $(PREFECT_HOME)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
@@ -27,7 +26,10 @@ $(VENV)/.installed: pyproject.toml
 	@test -d .dvc || $(BIN)/dvc init -q $$(git rev-parse --git-dir >/dev/null 2>&1 || echo --no-scm)
 	touch $@
 
-run: install
+$(PREFECT_HOME):
+	mkdir -p $@
+
+run: install | $(PREFECT_HOME)
 	$(BIN)/dvc repro
 	@echo "results table: results/summary.md (also results/summary.csv, results/summary.json)"
 
@@ -35,7 +37,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 # A local Prefect server (SQLite in .kdflow/prefect) and a process serving the deployments.
-serve: install
+serve: install | $(PREFECT_HOME)
 	@echo "Prefect UI: http://127.0.0.1:$(PORT_PREFECT)  (Ctrl-C stops both)"
 	@echo "then: PREFECT_API_URL=http://127.0.0.1:$(PORT_PREFECT)/api $(BIN)/prefect deployment run 'kd-pipeline/default'"
 	$(BIN)/prefect server start --host 127.0.0.1 --port $(PORT_PREFECT) & server=$$!; \

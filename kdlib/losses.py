@@ -206,3 +206,324 @@ def dkd_loss(
     tckd = t_y.exp() * (t_y - s_y) + t_ny.exp() * (t_ny - s_ny)
     nckd = (t_hat.exp() * (t_hat - s_hat)).sum(dim=1)
     return (T * T) * (alpha * tckd + beta * nckd).mean()
+
+
+# --------------------------------------------------------------------------- #
+# more logit-distillation methods (docs/methods.md): LS, DIST, PLD, NKD,
+# Z-loss, LDR-KL, TinyViT sparse KD, SinKD, ND, MCMI
+# --------------------------------------------------------------------------- #
+__all__ += [
+    "logit_standardize",
+    "dist_loss",
+    "pld_loss",
+    "nkd_loss",
+    "z_loss",
+    "ldr_kl_loss",
+    "sparse_kd_loss",
+    "sinkhorn_loss",
+    "nd_loss",
+    "mcmi_regularizer",
+]
+
+
+def _check_min_classes(x: torch.Tensor, name: str, k: int, what: str) -> None:
+    if x.shape[1] < k:
+        raise ValueError(f"{name} must have at least {k} classes for {what}, got shape {tuple(x.shape)}")
+
+
+def _check_positive(value: float, name: str) -> None:
+    v = float(value)
+    if not (math.isfinite(v) and v > 0.0):
+        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+
+
+def _nontarget_index(y: torch.Tensor, c: int) -> torch.Tensor:
+    """(N, C-1) column indices of the non-target classes of each row, in order."""
+    cols = torch.arange(c - 1, device=y.device)
+    return cols.unsqueeze(0) + (cols.unsqueeze(0) >= y.unsqueeze(1)).long()
+
+
+def logit_standardize(logits: torch.Tensor) -> torch.Tensor:
+    """Logit standardization (LS, CVPR 2024): row-wise z-score ``(z - mean(z)) / (std(z) + 1e-7)``.
+
+    Not a loss: a modifier applied to both student and teacher logits before the
+    softmax of KD / DKD, so the student only has to match the teacher's logit
+    *relations*, not their shift and scale. ``std`` is the unbiased (sample,
+    ``C - 1``) standard deviation, as the paper's code uses ``torch.std``'s
+    default. Output has row mean 0 and (unbiased) row std ~1 and is invariant
+    to a per-row shift and positive scale of the input (up to the 1e-7).
+    Keeps autograd (call on ``teacher.detach()`` yourself, or let the loss
+    detach it). Needs ``C >= 2``. Returns float32 (float64 for float64 input).
+    A constant row maps to 0, with a gradient of order ``1 / 1e-7``.
+    """
+    _check_logits(logits, "logits")
+    _check_min_classes(logits, "logits", 2, "logit_standardize")
+    z = logits.to(_compute_dtype(logits))
+    mean = z.mean(dim=1, keepdim=True)
+    std = z.std(dim=1, keepdim=True)  # unbiased, as in the LS reference code
+    return (z - mean) / (std + 1e-7)
+
+
+def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson correlation of each row pair, as DIST's code: cosine of the centred rows, ``+eps`` in the denominator."""
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+def dist_loss(
+    student: torch.Tensor, teacher: torch.Tensor, beta: float, gamma: float, temperature: float
+) -> torch.Tensor:
+    """DIST term (no CE): ``tau^2 * (beta * inter + gamma * intra)``.
+
+    Matches *relations* instead of exact probabilities, which tolerates a large
+    teacher-student gap. With ``y = softmax(z / tau)``:
+    ``inter = 1 - mean_n pearson(y_s[n, :], y_t[n, :])`` (per sample, across
+    classes) and ``intra = 1 - mean_c pearson(y_s[:, c], y_t[:, c])`` (per class,
+    across the batch). Pearson is the cosine of the centred vectors with
+    ``+1e-8`` in the denominator, as in the DIST reference code, so
+    ``s == t`` gives ~0 (not exactly 0) and a constant vector correlates 0.
+    Shift-invariant per row. With ``N = 1`` the intra term is the constant 1.
+    """
+    _check_pair(student, teacher)
+    _check_temperature(temperature)
+    dt = _compute_dtype(student, teacher)
+    tau = float(temperature)
+    y_s = F.softmax(student.to(dt) / tau, dim=1)
+    y_t = F.softmax(teacher.detach().to(dt) / tau, dim=1)
+    inter = 1.0 - _pearson_rows(y_s, y_t).mean()
+    intra = 1.0 - _pearson_rows(y_s.t(), y_t.t()).mean()
+    return (tau * tau) * (beta * inter + gamma * intra)
+
+
+def pld_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Plackett-Luce distillation: one list-wise loss replacing CE + KD.
+
+    Order ``pi``: the true label first, then the other classes by teacher logit,
+    descending (ties: lower class index first). Weights
+    ``a_k = softmax(t / tau)[pi_k]``.
+    ``L = batch_mean( sum_k a_k * (logsumexp_{l >= k} s[pi_l] - s[pi_k]) )``,
+    the suffix log-sum-exps from one ``logcumsumexp`` over the flipped permuted
+    row. Student logits are not temperature-scaled. Convex in ``s`` and
+    shift-invariant per row; a one-hot ``a = (1, 0, ...)`` gives CE.
+    """
+    _check_pair(student, teacher)
+    n, c = student.shape
+    _check_target(target, n)
+    _check_temperature(temperature)
+    dt = _compute_dtype(student, teacher)
+    tau = float(temperature)
+    y = target.long().to(student.device).unsqueeze(1)
+    t = teacher.detach().to(dt)
+    s = student.to(dt)
+    key = t.scatter(1, y, float("inf"))  # the true label sorts first
+    pi = torch.sort(key, dim=1, descending=True, stable=True).indices
+    a = F.softmax(t / tau, dim=1).gather(1, pi)
+    s_pi = s.gather(1, pi)
+    suffix_lse = torch.logcumsumexp(s_pi.flip(1), dim=1).flip(1)  # [k] = lse_{l >= k} s_pi[l]
+    return (a * (suffix_lse - s_pi)).sum(dim=1).mean()
+
+
+def nkd_loss(
+    student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, temperature: float, gamma: float
+) -> torch.Tensor:
+    """Normalized KD term (no CE): ``L_target + L_non``.
+
+    Splits KD into a target part weighted by the teacher's own confidence and a
+    normalized non-target part. ``t_y = softmax(t)[y]`` at ``T = 1`` (constant):
+    ``L_target = -batch_mean(t_y * log_softmax(s)[y])``;
+    ``L_non = -gamma * T^2 * batch_mean( sum_{i != y} T_hat_i * log S_hat_i )``
+    with ``T_hat``, ``S_hat`` the softmax of ``z / T`` over the non-target
+    logits only (a cross-entropy, as in the NKD code, not a KL). Needs ``C >= 2``.
+    """
+    _check_pair(student, teacher)
+    n, c = student.shape
+    _check_min_classes(student, "student", 2, "NKD")
+    _check_target(target, n)
+    _check_temperature(temperature)
+    dt = _compute_dtype(student, teacher)
+    T = float(temperature)
+    y = target.long().to(student.device)
+    s = student.to(dt)
+    t = teacher.detach().to(dt)
+    t_y = F.softmax(t, dim=1).gather(1, y.unsqueeze(1)).squeeze(1)
+    log_s_y = F.log_softmax(s, dim=1).gather(1, y.unsqueeze(1)).squeeze(1)
+    l_target = -(t_y * log_s_y).mean()
+    nt = _nontarget_index(y, c)
+    log_S_hat = F.log_softmax(s.gather(1, nt) / T, dim=1)
+    T_hat = F.softmax(t.gather(1, nt) / T, dim=1)
+    l_non = -float(gamma) * (T * T) * (T_hat * log_S_hat).sum(dim=1).mean()
+    return l_target + l_non
+
+
+def z_loss(logits: torch.Tensor, target: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    """Z-loss (de Brebisson & Vincent, 2016): a shift- and scale-invariant CE replacement.
+
+    ``z = (o - mean(o)) / std(o)`` per row, ``L = batch_mean( softplus(a * (b - z_y)) / a )``.
+    ``std`` is the population (``1/C``) standard deviation, as the paper defines
+    ``sigma(o) = sqrt(mean_k (o_k - mu)^2)``; ``1e-7`` is added to it as in LS, so a
+    constant row gives ``z = 0`` instead of NaN, but its gradient there is of
+    order ``1 / 1e-7`` (true of any z-scoring, LS too): avoid exactly constant
+    rows. Needs ``C >= 2`` and ``a > 0``.
+    """
+    _check_logits(logits, "logits")
+    _check_min_classes(logits, "logits", 2, "z_loss")
+    _check_target(target, logits.shape[0])
+    _check_positive(a, "a")
+    o = logits.to(_compute_dtype(logits))
+    y = target.long().to(logits.device).unsqueeze(1)
+    mean = o.mean(dim=1, keepdim=True)
+    std = o.std(dim=1, unbiased=False, keepdim=True)
+    z_y = ((o - mean) / (std + 1e-7)).gather(1, y).squeeze(1)
+    a = float(a)
+    return (F.softplus(a * (float(b) - z_y)) / a).mean()
+
+
+def ldr_kl_loss(logits: torch.Tensor, target: torch.Tensor, lam: float, delta: float) -> torch.Tensor:
+    """LDR-KL (label-distributionally-robust KL loss, Zhu et al. 2023): a CE replacement.
+
+    The worst case over label distributions in a KL ball gives a log-sum-exp
+    with margin ``delta`` on the wrong classes. With
+    ``f~ = softplus(f) / mean_k softplus(f)`` per row:
+    ``L = batch_mean( lam * log( mean_k exp((delta * [k != y] + f~_k - f~_y) / lam) ) )``,
+    computed as ``lam * (logsumexp(...) - log C)``. ``lam = 10`` in the paper.
+    """
+    _check_logits(logits, "logits")
+    n, c = logits.shape
+    _check_target(target, n)
+    _check_positive(lam, "lam")
+    f = logits.to(_compute_dtype(logits))
+    y = target.long().to(logits.device).unsqueeze(1)
+    sp = F.softplus(f)
+    ft = sp / sp.mean(dim=1, keepdim=True)
+    margin = torch.full_like(ft, float(delta)).scatter(1, y, 0.0)
+    lam = float(lam)
+    x = (margin + ft - ft.gather(1, y)) / lam
+    return (lam * (torch.logsumexp(x, dim=1) - math.log(c))).mean()
+
+
+def sparse_kd_loss(student: torch.Tensor, topk_probs: torch.Tensor, topk_indices: torch.Tensor) -> torch.Tensor:
+    """Soft-target CE against a TinyViT-style sparse teacher cache.
+
+    Only the teacher's top-K probabilities are stored. Reconstruction: the top-K
+    values in place, the remaining mass ``r = max(1 - sum(topK), 0)`` spread
+    uniformly over the other ``C - K`` classes (nothing when ``K = C``).
+    ``L = -batch_mean( sum_c p_c * log_softmax(s)_c )``. The clamp keeps fp16
+    rounding (``sum(topK)`` slightly above 1) from giving negative targets; the
+    reconstruction then sums to ``sum(topK)``, not exactly 1. Indices in a row
+    are assumed distinct.
+    """
+    _check_logits(student, "student")
+    n, c = student.shape
+    if not isinstance(topk_probs, torch.Tensor) or not topk_probs.is_floating_point():
+        raise ValueError("topk_probs must be a floating-point torch.Tensor")
+    if topk_probs.dim() != 2 or topk_probs.shape[0] != n or not (1 <= topk_probs.shape[1] <= c):
+        raise ValueError(f"topk_probs must have shape ({n}, K) with 1 <= K <= {c}, got shape {tuple(topk_probs.shape)}")
+    if not isinstance(topk_indices, torch.Tensor) or topk_indices.is_floating_point() or topk_indices.is_complex() \
+            or topk_indices.dtype == torch.bool:
+        raise ValueError("topk_indices must be an integer torch.Tensor")
+    if topk_indices.shape != topk_probs.shape:
+        raise ValueError(
+            f"topk_indices shape {tuple(topk_indices.shape)} does not match topk_probs shape {tuple(topk_probs.shape)}"
+        )
+    k = topk_probs.shape[1]
+    dt = _compute_dtype(student, topk_probs)
+    vals = topk_probs.detach().to(device=student.device, dtype=dt)
+    idx = topk_indices.to(student.device).long()
+    if k < c:
+        rest = (1.0 - vals.sum(dim=1, keepdim=True)).clamp_min(0.0) / (c - k)
+    else:
+        rest = vals.new_zeros(n, 1)
+    p = rest.expand(n, c).scatter(1, idx, vals)
+    return -(p * F.log_softmax(student.to(dt), dim=1)).sum(dim=1).mean()
+
+
+def sinkhorn_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float, epsilon: float, iterations: int
+) -> torch.Tensor:
+    """SinKD batch-wise Sinkhorn distance between student and teacher predictions.
+
+    Compares the two *sets* of predictions in the batch, so it also sees
+    sample-to-sample structure. ``p = softmax(z / T)``, cost
+    ``W[i, j] = ||p_s[i] - p_t[j]||_1``, ``K = exp(-W / eps)``; ``iterations``
+    rounds of row-normalise then column-normalise give ``P``;
+    ``L = sum_ij P_ij W_ij``, differentiated through the iterations (as the
+    SinKD code). The rounds run in log space (``logP -= logsumexp``), which is
+    the same ``P`` without underflow of ``exp(-W/eps)``. Note: ``P`` ends with
+    column sums 1 (total mass N), so this is a *sum* over the batch as in the
+    spec / SinKD code, not a batch mean.
+    """
+    _check_pair(student, teacher)
+    _check_temperature(temperature)
+    _check_positive(epsilon, "epsilon")
+    if isinstance(iterations, bool) or int(iterations) != iterations or int(iterations) < 1:
+        raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+    dt = _compute_dtype(student, teacher)
+    T = float(temperature)
+    p_s = F.softmax(student.to(dt) / T, dim=1)
+    p_t = F.softmax(teacher.detach().to(dt) / T, dim=1)
+    W = (p_s.unsqueeze(1) - p_t.unsqueeze(0)).abs().sum(dim=2)  # (N, N)
+    log_p = -W / float(epsilon)
+    for _ in range(int(iterations)):
+        log_p = log_p - torch.logsumexp(log_p, dim=1, keepdim=True)
+        log_p = log_p - torch.logsumexp(log_p, dim=0, keepdim=True)
+    return (log_p.exp() * W).sum()
+
+
+def nd_loss(
+    student_feat: torch.Tensor, teacher_feat: torch.Tensor, class_means: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """ND (norm and direction) feature loss, the "++" of KD++ / DKD++.
+
+    Pushes the student's penultimate feature along the teacher's class-mean
+    direction and towards the larger of the two norms. With
+    ``u_y = mu_y / ||mu_y||``:
+    ``L = mean_n( 1 - <e_s, u_y> / max(||e_s||, ||e_t||) )``.
+    ``teacher_feat`` and ``class_means`` (``(C, D)``) are constants (detached);
+    the gradient goes through the max as in the ND code. Features must be
+    non-zero (the norm's gradient is undefined at 0).
+    """
+    _check_logits(student_feat, "student_feat")
+    _check_logits(teacher_feat, "teacher_feat")
+    if teacher_feat.shape != student_feat.shape:
+        raise ValueError(
+            f"teacher_feat shape {tuple(teacher_feat.shape)} does not match student_feat shape "
+            f"{tuple(student_feat.shape)}"
+        )
+    _check_logits(class_means, "class_means")
+    n, d = student_feat.shape
+    if class_means.shape[1] != d:
+        raise ValueError(f"class_means must have shape (C, {d}), got shape {tuple(class_means.shape)}")
+    _check_target(target, n)
+    dt = _compute_dtype(student_feat, teacher_feat, class_means)
+    e_s = student_feat.to(dt)
+    e_t = teacher_feat.detach().to(dt)
+    mu = class_means.detach().to(device=student_feat.device, dtype=dt)
+    u = mu / mu.norm(dim=1, keepdim=True)
+    u_y = u.index_select(0, target.long().to(student_feat.device))
+    denom = torch.maximum(e_s.norm(dim=1), e_t.norm(dim=1))
+    return (1.0 - (e_s * u_y).sum(dim=1) / denom).mean()
+
+
+def mcmi_regularizer(teacher_logits: torch.Tensor, target: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """MCMI teacher regulariser: ``batch_mean KL(P_x || Q_y)``.
+
+    The conditional-mutual-information term of MCMI teacher fine-tuning,
+    ``CE + lambda * KL`` with ``lambda < 0`` (maximise it). ``P_x = softmax(teacher_logits)``
+    keeps its gradient (this is the teacher being trained); ``centroids`` is the
+    ``(C, C)`` matrix of class centroids ``Q_c`` (mean teacher softmax over class
+    c, rows of probabilities), a constant here. ``log P`` comes from
+    ``log_softmax``; ``log Q`` is taken from the given strictly-positive
+    centroids (a mean of softmaxes is never 0).
+    """
+    _check_logits(teacher_logits, "teacher_logits")
+    n, c = teacher_logits.shape
+    _check_target(target, n)
+    _check_logits(centroids, "centroids")
+    if centroids.shape != (c, c):
+        raise ValueError(f"centroids must have shape ({c}, {c}), got shape {tuple(centroids.shape)}")
+    dt = _compute_dtype(teacher_logits, centroids)
+    log_p = F.log_softmax(teacher_logits.to(dt), dim=1)
+    q = centroids.detach().to(device=teacher_logits.device, dtype=dt)
+    log_q = torch.log(q).index_select(0, target.long().to(teacher_logits.device))
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
