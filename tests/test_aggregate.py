@@ -1,0 +1,27 @@
+"""The results table: means and sample stds over seeds, sorted by top-1."""
+import math
+
+import polars as pl
+
+from tasks.aggregate import summarize
+
+
+def run(method, seed, top1):
+    return {"method": method, "seed": seed, "top1": top1, "best_top1": top1 + 1, "top5": 90.0, "nll": 1.0,
+            "ece": 5.0, "agreement": 70.0, "kl_to_teacher": 0.5, "best_epoch": 3, "last_epoch": 4}
+
+
+def test_mean_std_and_order():
+    runs = pl.DataFrame([run("ce", 0, 50.0), run("ce", 1, 54.0), run("kd", 0, 60.0), run("kd", 1, 60.0), run("dkd", 0, 55.0)])
+    table = summarize(runs, ["ce", "kd", "dkd"])
+    assert table["method"].to_list() == ["kd", "dkd", "ce"]
+    ce = table.filter(pl.col("method") == "ce").row(0, named=True)
+    assert ce["top1_mean"] == 52.0 and math.isclose(ce["top1_std"], math.sqrt(8.0))
+    assert ce["best_top1_mean"] == 53.0 and ce["seeds"] == 2 and ce["last_epoch"] == 4
+    dkd = table.filter(pl.col("method") == "dkd").row(0, named=True)
+    assert dkd["top1_std"] == 0.0 and dkd["seeds"] == 1
+
+
+def test_ties_keep_the_study_order():
+    runs = pl.DataFrame([run("b", 0, 50.0), run("a", 0, 50.0)])
+    assert summarize(runs, ["b", "a"])["method"].to_list() == ["b", "a"]
