@@ -11,11 +11,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
+from kdlib import artifacts
 from kdlib.config import AugmentConfig, ScheduleConfig
 from kdlib.data import Dataset, augment, to_float
 from kdlib.methods import Method
@@ -84,8 +86,15 @@ def fit(
     device: torch.device = torch.device("cpu"),
     log: Callable[[str], None] = print,
     label: str = "",
+    checkpoint: Path | None = None,
 ) -> FitResult:
-    """Train `model` in place with `method`; evaluates head 1 on the test set each epoch."""
+    """Train `model` in place with `method`; evaluates head 1 on the test set each epoch.
+
+    With `checkpoint`, the state after every epoch (model, optimizer, RNG, history) is
+    written atomically there, and a run that finds one resumes after its last epoch. The
+    batch order and the views are functions of (seed, epoch), so on CPU a resumed run ends
+    with exactly the weights of an uninterrupted one.
+    """
     if method.needs_teacher and teacher_views is None:
         raise ValueError(f"method {method.settings.method!r} needs teacher logits")
     model.to(device)
@@ -96,7 +105,15 @@ def fit(
     steps = max(n // schedule.batch_size, 1)
     history: list[dict[str, float]] = []
     best_epoch, best_top1 = 0, -1.0
-    for epoch in range(schedule.epochs):
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = artifacts.load_tensors(Path(checkpoint))
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        history = state["history"]
+        best_epoch, best_top1 = state["best_epoch"], state["best_top1"]
+        log(f"{label} resuming after epoch {len(history)} from {checkpoint}")
+    for epoch in range(len(history), schedule.epochs):
         started = time.perf_counter()
         model.train()
         order = epoch_order(seed, epoch, n)
@@ -138,6 +155,11 @@ def fit(
         history.append(record)
         if record["test_top1"] > best_top1:
             best_epoch, best_top1 = epoch + 1, record["test_top1"]
+        if checkpoint is not None:
+            artifacts.save_tensors(Path(checkpoint), {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
+                "history": history, "best_epoch": best_epoch, "best_top1": best_top1,
+            })
         log(
             f"{label} epoch {epoch + 1}/{schedule.epochs} loss {record['loss']:.3f} "
             f"train {record['train_top1']:.1f}% test {record['test_top1']:.1f}% "

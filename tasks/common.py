@@ -51,6 +51,12 @@ def store_dir(cfg: StudyConfig, step: str, key: str) -> Path:
     return Path(cfg.runtime.store) / step / key
 
 
+def checkpoint_path(cfg: StudyConfig, step: str, key: str) -> Path:
+    """Where a training step keeps its per-epoch checkpoint: keyed like its artifact, so
+    re-running the same command (either front door) resumes, and other inputs never do."""
+    return Path(cfg.runtime.store) / "checkpoints" / step / f"{key}.pt"
+
+
 def run_in_store(cfg: StudyConfig, step: str, key: str, body: Callable[[Path], Manifest]) -> Manifest:
     """Reuse the artifact folder of this key if it is complete, else (re)build it."""
     out_dir = store_dir(cfg, step, key)

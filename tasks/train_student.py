@@ -49,6 +49,8 @@ def load_student(cfg: StudyConfig, data: common.Manifest, student: common.Manife
 def run(
     cfg: StudyConfig, method: str, seed: int, data: common.Manifest, logits: common.Manifest, out_dir: Path
 ) -> common.Manifest:
+    k = key(cfg, method, seed, data, logits)
+    checkpoint = common.checkpoint_path(cfg, STEP, k)
     ds = load_dataset(Path(data["dir"]) / "dataset.pt")
     spec = build_method(method, cfg.methods.get(method))
     cache = LogitCache(Path(logits["dir"])) if spec.needs_teacher else None
@@ -57,7 +59,7 @@ def run(
     result = fit(
         model, spec, ds, cfg.students.schedule, seed, cfg.augment,
         teacher_views=cache.views if cache else None,
-        device=resolve_device(cfg.runtime.device), label=f"{method} seed {seed}",
+        device=resolve_device(cfg.runtime.device), label=f"{method} seed {seed}", checkpoint=checkpoint,
     )
     artifacts.save_tensors(Path(out_dir) / MODEL, spec.exported(model).cpu().state_dict())
     artifacts.write_json(Path(out_dir) / HISTORY, result.history)
@@ -70,7 +72,9 @@ def run(
         "best_top1": result.best_top1,
         "teacher_key": logits["meta"]["teacher_key"],
     }
-    return artifacts.write_manifest(out_dir, STEP, key(cfg, method, seed, data, logits), meta)
+    manifest = artifacts.write_manifest(out_dir, STEP, k, meta)
+    checkpoint.unlink(missing_ok=True)
+    return manifest
 
 
 def cached(
