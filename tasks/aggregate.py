@@ -25,12 +25,14 @@ def key(cfg: StudyConfig, teacher: common.Manifest, evaluations: list[common.Man
 
 
 def per_run_table(evaluations: list[common.Manifest]) -> pl.DataFrame:
-    return pl.DataFrame([e["meta"]["metrics"] for e in evaluations])
+    """One row per student; a failed student keeps its row, with null metrics and its error."""
+    rows = [{"failed": None, **e["meta"]["metrics"]} for e in evaluations]
+    return pl.DataFrame(rows, infer_schema_length=None).with_columns(pl.col("failed").cast(pl.String))
 
 
 def summarize(runs: pl.DataFrame, order: list[str]) -> pl.DataFrame:
     """One row per method: mean and std over seeds of each metric, sorted by last-epoch top-1."""
-    aggs = [pl.len().alias("seeds")]
+    aggs = [pl.col("failed").is_null().sum().alias("seeds"), pl.col("failed").is_not_null().sum().alias("failed")]
     for m in METRICS:
         aggs += [pl.col(m).mean().alias(f"{m}_mean"), pl.col(m).std().fill_null(0.0).alias(f"{m}_std")]
     aggs += [pl.col("best_epoch").mean().alias("best_epoch_mean"), pl.col("last_epoch").max().alias("last_epoch")]
@@ -38,13 +40,15 @@ def summarize(runs: pl.DataFrame, order: list[str]) -> pl.DataFrame:
     rank = {name: i for i, name in enumerate(order)}
     return table.with_columns(
         pl.col("method").replace_strict(rank, return_dtype=pl.Int64).alias("study_order")
-    ).sort(["top1_mean", "study_order"], descending=[True, False]).drop("study_order")
+    ).sort(["top1_mean", "study_order"], descending=[True, False], nulls_last=True).drop("study_order")
 
 
 def curves(evaluations: list[common.Manifest]) -> pl.DataFrame:
     """Per-epoch test top-1 and training loss, mean over seeds, one row per (method, epoch)."""
     rows = []
     for e in evaluations:
+        if "failed" in e["meta"]["metrics"]:
+            continue
         method = e["meta"]["metrics"]["method"]
         for record in json.loads((Path(e["meta"]["student_dir"]) / "history.json").read_text()):
             rows.append({"method": method, "epoch": record["epoch"], "test_top1": record["test_top1"], "loss": record["loss"]})
@@ -56,7 +60,7 @@ def curves(evaluations: list[common.Manifest]) -> pl.DataFrame:
     )
 
 
-def to_markdown(table: pl.DataFrame, teacher: common.Manifest, cfg: StudyConfig) -> str:
+def to_markdown(table: pl.DataFrame, runs: pl.DataFrame, teacher: common.Manifest, cfg: StudyConfig) -> str:
     t = teacher["meta"]
     lines = [
         f"# {cfg.study}: {cfg.students.arch} students of a {t['arch']} teacher "
@@ -69,11 +73,19 @@ def to_markdown(table: pl.DataFrame, teacher: common.Manifest, cfg: StudyConfig)
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table.iter_rows(named=True):
-        pm = lambda m, d=2: f"{r[m + '_mean']:.{d}f} ± {r[m + '_std']:.{d}f}"  # noqa: E731
+        def pm(m: str, d: int = 2) -> str:
+            return "—" if r[m + "_mean"] is None else f"{r[m + '_mean']:.{d}f} ± {r[m + '_std']:.{d}f}"
+
+        seeds = f"{r['seeds']}" + (f" (+{r['failed']} failed)" if r["failed"] else "")
+        epochs = "—" if r["best_epoch_mean"] is None else f"{r['best_epoch_mean']:.1f}/{r['last_epoch']}"
         lines.append(
-            f"| {r['method']} | {r['seeds']} | {pm('top1')} | {pm('best_top1')} | {r['best_epoch_mean']:.1f}/{r['last_epoch']} "
+            f"| {r['method']} | {seeds} | {pm('top1')} | {pm('best_top1')} | {epochs} "
             f"| {pm('top5')} | {pm('nll', 3)} | {pm('ece')} | {pm('agreement')} | {pm('kl_to_teacher', 3)} |"
         )
+    failed = runs.filter(pl.col("failed").is_not_null())
+    if failed.height:
+        lines += ["", "Failed runs (kept out of the means):", ""]
+        lines += [f"- {f['method']} seed {f['seed']}: {f['failed']}" for f in failed.iter_rows(named=True)]
     return "\n".join(lines) + "\n"
 
 
@@ -82,7 +94,7 @@ def run(cfg: StudyConfig, teacher: common.Manifest, evaluations: list[common.Man
     runs = per_run_table(evaluations)
     table = summarize(runs, cfg.students.methods)
     artifacts.write_text(out_dir / "summary.csv", table.write_csv())
-    artifacts.write_text(out_dir / "summary.md", to_markdown(table, teacher, cfg))
+    artifacts.write_text(out_dir / "summary.md", to_markdown(table, runs, teacher, cfg))
     artifacts.write_json(
         out_dir / "summary.json",
         {"study": cfg.study, "teacher": teacher["meta"], "methods": table.to_dicts(), "runs": runs.to_dicts()},

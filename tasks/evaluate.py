@@ -27,22 +27,26 @@ def key(cfg: StudyConfig, data: common.Manifest, logits: common.Manifest, studen
 def run(
     cfg: StudyConfig, data: common.Manifest, logits: common.Manifest, student: common.Manifest, out_dir: Path
 ) -> common.Manifest:
-    ds = load_dataset(Path(data["dir"]) / "dataset.pt")
-    teacher_test = LogitCache(Path(logits["dir"])).test
-    model = load_student(cfg, data, student)
-    last = evaluate_logits(predict(model, ds.x_test, ds), ds.y_test, teacher_test, cfg.evaluation.ece_bins)
-    history = json.loads((Path(student["dir"]) / HISTORY).read_text())
     s = student["meta"]
-    metrics = {
-        "method": s["method"],
-        "seed": s["seed"],
-        **last,
-        "best_top1": s["best_top1"],
-        "best_epoch": s["best_epoch"],
-        "last_epoch": len(history),
-    }
+    if "failed" in s:
+        metrics = {"method": s["method"], "seed": s["seed"], "failed": s["failed"]}
+        print(f"evaluate {s['method']} seed {s['seed']}: the student failed ({s['failed']})")
+    else:
+        ds = load_dataset(Path(data["dir"]) / "dataset.pt")
+        teacher_test = LogitCache(Path(logits["dir"])).test
+        model = load_student(cfg, data, student)
+        last = evaluate_logits(predict(model, ds.x_test, ds), ds.y_test, teacher_test, cfg.evaluation.ece_bins)
+        history = json.loads((Path(student["dir"]) / HISTORY).read_text())
+        metrics = {
+            "method": s["method"],
+            "seed": s["seed"],
+            **last,
+            "best_top1": s["best_top1"],
+            "best_epoch": s["best_epoch"],
+            "last_epoch": len(history),
+        }
+        print(f"evaluate {s['method']} seed {s['seed']}: top-1 {last['top1']:.2f} (best {s['best_top1']:.2f} at epoch {s['best_epoch']})")
     artifacts.write_json(Path(out_dir) / METRICS, metrics)
-    print(f"evaluate {s['method']} seed {s['seed']}: top-1 {last['top1']:.2f} (best {s['best_top1']:.2f} at epoch {s['best_epoch']})")
     meta = {"metrics": metrics, "student_key": student["key"], "student_dir": student["dir"]}
     return artifacts.write_manifest(out_dir, STEP, key(cfg, data, logits, student), meta)
 

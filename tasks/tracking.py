@@ -91,6 +91,9 @@ def log_study(cfg: StudyConfig, teacher: Manifest, evaluations: list[Manifest], 
                     | _flatten("settings", cfg.method_settings(method).model_dump())
                     | _flatten("schedule", cfg.students.schedule.model_dump())
                 )
+                if "failed" in metrics:
+                    mlflow.set_tags({"status": "failed", "error": metrics["failed"][:5000]})
+                    continue
                 _log_history(client, run.info.run_id, json.loads((student_dir / "history.json").read_text()))
                 mlflow.log_metrics({f"final/{k}": float(v) for k, v in metrics.items() if k not in ("method", "seed")})
         return parent.info.run_id

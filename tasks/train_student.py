@@ -1,6 +1,7 @@
 """train_student: one student, one method entry, one seed, distilled from the logit cache."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from kdlib.data import load_dataset
 from kdlib.logit_cache import LogitCache
 from kdlib.methods import build_method
 from kdlib.models import build_model
-from kdlib.train import fit, resolve_device
+from kdlib.train import NonFiniteLossError, fit, resolve_device
 from tasks import common
 
 STEP = "train_student"
@@ -20,7 +21,7 @@ CODE = (
     "tasks/train_student.py", "kdlib/train.py", "kdlib/models.py", "kdlib/methods.py",
     "kdlib/losses.py", "kdlib/data.py", "kdlib/logit_cache.py", "kdlib/metrics.py",
 )
-MODEL, HISTORY = "model.pt", "history.json"
+MODEL, HISTORY, FAILURE = "model.pt", "history.json", "failure.json"
 
 
 def config_slice(cfg: StudyConfig, method: str, seed: int) -> dict:
@@ -56,22 +57,28 @@ def run(
     cache = LogitCache(Path(logits["dir"])) if spec.needs_teacher else None
     torch.manual_seed(seed)
     model = spec.build(build_model(cfg.students.arch, ds.num_classes, ds.num_channels, ds.image_size))
-    result = fit(
-        model, spec, ds, cfg.students.schedule, seed, cfg.augment,
-        teacher_views=cache.views if cache else None,
-        device=resolve_device(cfg.runtime.device), label=f"{method} seed {seed}", checkpoint=checkpoint,
-    )
-    artifacts.save_tensors(Path(out_dir) / MODEL, spec.exported(model).cpu().state_dict())
-    artifacts.write_json(Path(out_dir) / HISTORY, result.history)
     meta = {
         "method": method,
         "seed": seed,
         "arch": cfg.students.arch,
         "settings": spec.settings.model_dump(),
-        "best_epoch": result.best_epoch,
-        "best_top1": result.best_top1,
         "teacher_key": logits["meta"]["teacher_key"],
     }
+    try:
+        result = fit(
+            model, spec, ds, cfg.students.schedule, seed, cfg.augment,
+            teacher_views=cache.views if cache else None,
+            device=resolve_device(cfg.runtime.device), label=f"{method} seed {seed}", checkpoint=checkpoint,
+        )
+    except NonFiniteLossError as err:
+        # one diverged student must not stop the study: record the failure as its artifact
+        print(f"train_student FAILED: {err}", file=sys.stderr)
+        meta["failed"] = str(err)
+        artifacts.write_json(Path(out_dir) / FAILURE, {"error": str(err)})
+    else:
+        artifacts.save_tensors(Path(out_dir) / MODEL, spec.exported(model).cpu().state_dict())
+        artifacts.write_json(Path(out_dir) / HISTORY, result.history)
+        meta.update(best_epoch=result.best_epoch, best_top1=result.best_top1)
     manifest = artifacts.write_manifest(out_dir, STEP, k, meta)
     checkpoint.unlink(missing_ok=True)
     return manifest

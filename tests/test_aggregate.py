@@ -7,12 +7,12 @@ from tasks.aggregate import summarize
 
 
 def run(method, seed, top1):
-    return {"method": method, "seed": seed, "top1": top1, "best_top1": top1 + 1, "top5": 90.0, "nll": 1.0,
+    return {"failed": None, "method": method, "seed": seed, "top1": top1, "best_top1": top1 + 1, "top5": 90.0, "nll": 1.0,
             "ece": 5.0, "agreement": 70.0, "kl_to_teacher": 0.5, "best_epoch": 3, "last_epoch": 4}
 
 
 def test_mean_std_and_order():
-    runs = pl.DataFrame([run("ce", 0, 50.0), run("ce", 1, 54.0), run("kd", 0, 60.0), run("kd", 1, 60.0), run("dkd", 0, 55.0)])
+    runs = pl.DataFrame(schema_overrides={"failed": pl.String}, data=[run("ce", 0, 50.0), run("ce", 1, 54.0), run("kd", 0, 60.0), run("kd", 1, 60.0), run("dkd", 0, 55.0)])
     table = summarize(runs, ["ce", "kd", "dkd"])
     assert table["method"].to_list() == ["kd", "dkd", "ce"]
     ce = table.filter(pl.col("method") == "ce").row(0, named=True)
@@ -23,5 +23,5 @@ def test_mean_std_and_order():
 
 
 def test_ties_keep_the_study_order():
-    runs = pl.DataFrame([run("b", 0, 50.0), run("a", 0, 50.0)])
+    runs = pl.DataFrame(schema_overrides={"failed": pl.String}, data=[run("b", 0, 50.0), run("a", 0, 50.0)])
     assert summarize(runs, ["b", "a"])["method"].to_list() == ["b", "a"]
