@@ -26,13 +26,34 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    source: Literal["synthetic", "digits"] = "synthetic"
+    source: Literal["synthetic", "digits", "cifar100", "cifar10", "imagefolder"] = "synthetic"
     seed: int = 0
     train_per_class: int = Field(40, ge=1, description="synthetic only")
     test_per_class: int = Field(20, ge=1, description="synthetic only")
-    image_size: int = Field(8, ge=8, description="synthetic only")
+    image_size: int = Field(8, ge=8, description="synthetic and imagefolder")
     difficulty: float = Field(1.0, ge=0.0, description="synthetic only: scales the nuisance")
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="digits only")
+    path: str | None = Field(None, description="cifar: the official archive; imagefolder: the folder with train/ and test/")
+    url: str | None = Field(None, description="cifar: where to download the official archive (MD5 checked) into `root`")
+    root: str = Field("data", description="where downloads go; data paths must lie inside the project or here")
+
+    @model_validator(mode="after")
+    def _check_paths(self) -> "DataConfig":
+        if self.source in ("cifar100", "cifar10"):
+            if self.path is None and self.url is None:
+                raise ValueError(f"data.path or data.url is needed for source {self.source!r} (the official python archive)")
+            if self.url is not None and not self.url.startswith(("https://", "http://", "file://")):
+                raise ValueError(f"data.url must be an http(s):// or file:// URL, got {self.url!r}")
+        if self.source == "imagefolder" and self.path is None:
+            raise ValueError("data.path is needed for source 'imagefolder' (a folder with train/<class>/ and test/<class>/)")
+        if self.path is not None:
+            path = Path(self.path).expanduser().resolve()
+            allowed = (Path.cwd().resolve(), Path(self.root).expanduser().resolve())
+            if not any(path.is_relative_to(base) for base in allowed):
+                raise ValueError(f"data.path {self.path!r} is outside the project and data.root ({self.root!r}); move it or set data.root")
+            if not path.exists():
+                raise ValueError(f"data.path {self.path!r} does not exist (resolved to {path})")
+        return self
 
 
 class AugmentConfig(Strict):
@@ -145,7 +166,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
             msg = "unknown key (check the spelling; see docs/config.md for the allowed keys)"
         elif e["type"] == "literal_error":
             msg = f"{msg} (got {e.get('input')!r})"
-        lines.append(f"  {msg}" if path == "<root>" else f"  {path}: {msg}")
+        lines.append(f"  {msg}" if path == "<root>" or msg.startswith(path) else f"  {path}: {msg}")
     return "\n".join(lines)
 
 

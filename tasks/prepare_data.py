@@ -1,13 +1,17 @@
 """prepare_data: build the data set named by `data` once, as one tensor file."""
 from __future__ import annotations
 
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 
 from kdlib import artifacts
 from kdlib.config import StudyConfig
-from kdlib.data import Dataset, load_digits, make_synthetic, save_dataset
+from kdlib.data import (
+    CIFAR10_ARCHIVE, CIFAR100_ARCHIVE, CIFAR_MD5, Dataset, load_cifar, load_digits, load_imagefolder,
+    make_synthetic, save_dataset, verify_md5,
+)
 from tasks import common
 
 STEP = "prepare_data"
@@ -19,11 +23,35 @@ def key(cfg: StudyConfig) -> str:
     return common.cache_key(STEP, cfg.data.model_dump(), [], CODE)
 
 
+def download(url: str, dest: Path) -> Path:
+    """Fetch an official archive once, to a temporary name, and keep it only if its MD5 is right."""
+    if dest.is_file():
+        verify_md5(dest, CIFAR_MD5[dest.name])
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.download")
+    print(f"prepare_data: downloading {url} -> {dest}")
+    urllib.request.urlretrieve(url, tmp)
+    try:
+        verify_md5(tmp, CIFAR_MD5[dest.name])
+    except ValueError:
+        tmp.unlink()
+        raise
+    tmp.replace(dest)
+    return dest
+
+
 def build(cfg: StudyConfig) -> Dataset:
     d = cfg.data
     if d.source == "synthetic":
         return make_synthetic(d.seed, d.train_per_class, d.test_per_class, d.image_size, difficulty=d.difficulty)
-    return load_digits(d.seed, d.test_fraction)
+    if d.source == "digits":
+        return load_digits(d.seed, d.test_fraction)
+    if d.source == "imagefolder":
+        return load_imagefolder(Path(d.path), d.image_size)
+    name = CIFAR100_ARCHIVE if d.source == "cifar100" else CIFAR10_ARCHIVE
+    archive = Path(d.path) if d.path else download(d.url, Path(d.root) / name)
+    return load_cifar(archive, d.source)
 
 
 def run(cfg: StudyConfig, out_dir: Path) -> common.Manifest:
