@@ -23,19 +23,10 @@ from kdlib.losses import (
     sparse_kd_loss,
     z_loss,
 )
+from tests.test_losses import np_log_softmax, np_softmax
 
 
-# --------------------------------------------------------------------------- #
-# independent numpy fp64 references
-# --------------------------------------------------------------------------- #
-def np_softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def np_log_softmax(z: np.ndarray) -> np.ndarray:
-    m = z.max(axis=-1, keepdims=True)
-    return z - m - np.log(np.exp(z - m).sum(axis=-1, keepdims=True))
+# independent numpy fp64 references: np_softmax / np_log_softmax are shared with test_losses
 
 
 def np_lse(v: np.ndarray) -> float:

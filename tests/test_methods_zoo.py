@@ -15,6 +15,7 @@ from kdlib.data import make_synthetic
 from kdlib.methods import METHODS, build_method, validate_method_entry
 from kdlib.models import build_model
 from kdlib.train import fit
+from tests.test_methods import setup
 
 LS = losses.logit_standardize
 
@@ -65,16 +66,6 @@ def expected_terms(name, logits, y, t, epoch=0):
             "sinkhorn": 0.1 * losses.sinkhorn_loss(logits, t, 2.0, 0.1, 20),
         }
     raise AssertionError(name)
-
-
-def setup(name, **settings):
-    torch.manual_seed(0)
-    method = build_method(name, settings)
-    model = method.build(build_model("mlp", 10, 1, 8))
-    x = torch.randn(6, 1, 8, 8)
-    y = torch.randint(0, 10, (6,))
-    teacher = torch.randn(6, 10) * 3
-    return method, model, x, y, teacher
 
 
 def test_registry_has_the_zoo():
