@@ -6,12 +6,14 @@ with a sha256 per file, is written last and checked on read.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -102,3 +104,24 @@ def is_complete(out_dir: Path) -> bool:
     except (FileNotFoundError, ValueError):
         return False
     return True
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_path` (flock; released when the process dies).
+
+    Two pipeline runs on one project (two flow runs, or a flow and `dvc repro`) take the
+    same lock before building the same artifact, so they never write it at once.
+    """
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for {lock_path} (another run is building this artifact)", flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

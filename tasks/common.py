@@ -53,19 +53,21 @@ def store_dir(cfg: StudyConfig, step: str, key: str) -> Path:
 
 def checkpoint_path(cfg: StudyConfig, step: str, key: str) -> Path:
     """Where a training step keeps its per-epoch checkpoint: keyed like its artifact, so
-    re-running the same command (either front door) resumes, and other inputs never do."""
+    re-running the same command (either front door) resumes, and other inputs never do.
+    Hold `artifacts.exclusive(path.with_suffix(".lock"))` while using it."""
     return Path(cfg.runtime.store) / "checkpoints" / step / f"{key}.pt"
 
 
 def run_in_store(cfg: StudyConfig, step: str, key: str, body: Callable[[Path], Manifest]) -> Manifest:
-    """Reuse the artifact folder of this key if it is complete, else (re)build it."""
+    """Reuse the artifact folder of this key if it is complete, else (re)build it, under a lock."""
     out_dir = store_dir(cfg, step, key)
-    if artifacts.is_complete(out_dir):
-        print(f"{step}: reusing {out_dir}")
-        return artifacts.read_manifest(out_dir)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    return body(out_dir)
+    with artifacts.exclusive(out_dir.parent / f".{key}.lock"):
+        if artifacts.is_complete(out_dir):
+            print(f"{step}: reusing {out_dir}")
+            return artifacts.read_manifest(out_dir)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        return body(out_dir)
 
 
 RESULT_RECORD = ".prefect-result"

@@ -64,23 +64,24 @@ def run(
         "settings": spec.settings.model_dump(),
         "teacher_key": logits["meta"]["teacher_key"],
     }
-    try:
-        result = fit(
-            model, spec, ds, cfg.students.schedule, seed, cfg.augment,
-            teacher_views=cache.views if cache else None,
-            device=resolve_device(cfg.runtime.device), label=f"{method} seed {seed}", checkpoint=checkpoint,
-        )
-    except NonFiniteLossError as err:
-        # one diverged student must not stop the study: record the failure as its artifact
-        print(f"train_student FAILED: {err}", file=sys.stderr)
-        meta["failed"] = str(err)
-        artifacts.write_json(Path(out_dir) / FAILURE, {"error": str(err)})
-    else:
-        artifacts.save_tensors(Path(out_dir) / MODEL, spec.exported(model).cpu().state_dict())
-        artifacts.write_json(Path(out_dir) / HISTORY, result.history)
-        meta.update(best_epoch=result.best_epoch, best_top1=result.best_top1)
-    manifest = artifacts.write_manifest(out_dir, STEP, k, meta)
-    checkpoint.unlink(missing_ok=True)
+    with artifacts.exclusive(checkpoint.with_suffix(".lock")):
+        try:
+            result = fit(
+                model, spec, ds, cfg.students.schedule, seed, cfg.augment,
+                teacher_views=cache.views if cache else None,
+                device=resolve_device(cfg.runtime.device), label=f"{method} seed {seed}", checkpoint=checkpoint,
+            )
+        except NonFiniteLossError as err:
+            # one diverged student must not stop the study: record the failure as its artifact
+            print(f"train_student FAILED: {err}", file=sys.stderr)
+            meta["failed"] = str(err)
+            artifacts.write_json(Path(out_dir) / FAILURE, {"error": str(err)})
+        else:
+            artifacts.save_tensors(Path(out_dir) / MODEL, spec.exported(model).cpu().state_dict())
+            artifacts.write_json(Path(out_dir) / HISTORY, result.history)
+            meta.update(best_epoch=result.best_epoch, best_top1=result.best_top1)
+        manifest = artifacts.write_manifest(out_dir, STEP, k, meta)
+        checkpoint.unlink(missing_ok=True)
     return manifest
 
 

@@ -45,19 +45,20 @@ def run(cfg: StudyConfig, data: common.Manifest, out_dir: Path) -> common.Manife
     ds = load_dataset(Path(data["dir"]) / "dataset.pt")
     torch.manual_seed(cfg.teacher.seed)
     model = build_model(cfg.teacher.arch, ds.num_classes, ds.num_channels, ds.image_size)
-    result = fit(
-        model, build_method("ce"), ds, cfg.teacher.schedule, cfg.teacher.seed,
-        # the teacher's own views come from its seed; the students replay augment.seed
-        cfg.augment.model_copy(update={"seed": cfg.teacher.seed}),
-        device=resolve_device(cfg.runtime.device), label=f"teacher {cfg.teacher.arch}", checkpoint=checkpoint,
-    )
-    model.cpu()
-    metrics = evaluate_logits(predict(model, ds.x_test, ds), ds.y_test, ece_bins=cfg.evaluation.ece_bins)
-    artifacts.save_tensors(Path(out_dir) / MODEL, model.state_dict())
-    artifacts.write_json(Path(out_dir) / HISTORY, result.history)
-    meta = {"arch": cfg.teacher.arch, "best_epoch": result.best_epoch, "best_top1": result.best_top1, "test": metrics}
-    manifest = artifacts.write_manifest(out_dir, STEP, k, meta)
-    checkpoint.unlink(missing_ok=True)
+    with artifacts.exclusive(checkpoint.with_suffix(".lock")):
+        result = fit(
+            model, build_method("ce"), ds, cfg.teacher.schedule, cfg.teacher.seed,
+            # the teacher's own views come from its seed; the students replay augment.seed
+            cfg.augment.model_copy(update={"seed": cfg.teacher.seed}),
+            device=resolve_device(cfg.runtime.device), label=f"teacher {cfg.teacher.arch}", checkpoint=checkpoint,
+        )
+        model.cpu()
+        metrics = evaluate_logits(predict(model, ds.x_test, ds), ds.y_test, ece_bins=cfg.evaluation.ece_bins)
+        artifacts.save_tensors(Path(out_dir) / MODEL, model.state_dict())
+        artifacts.write_json(Path(out_dir) / HISTORY, result.history)
+        meta = {"arch": cfg.teacher.arch, "best_epoch": result.best_epoch, "best_top1": result.best_top1, "test": metrics}
+        manifest = artifacts.write_manifest(out_dir, STEP, k, meta)
+        checkpoint.unlink(missing_ok=True)
     return manifest
 
 
