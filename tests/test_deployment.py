@@ -72,9 +72,8 @@ def task_states(base: str, flow_run_id: str) -> dict[str, str]:
     return {r["name"]: r["state"]["name"] for r in runs}
 
 
-def test_server_binds_loopback_and_deployments_exist(server):
+def test_both_deployments_are_served(server):
     _, _, base = server
-    assert base.startswith("http://127.0.0.1:")
     names = {d["name"] for d in api(base, "/deployments/filter", {})}
     assert names == {"default", "smoke"}
 
