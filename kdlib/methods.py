@@ -198,6 +198,11 @@ class DKDSettings(MethodSettings):
     warmup_epochs: int = Field(20, ge=0, description="linear ramp of the DKD term")
 
 
+def warmup_ramp(epoch: int, warmup_epochs: int) -> float:
+    """DKD's linear warmup of the distillation term: min((epoch + 1) / warmup, 1)."""
+    return min((epoch + 1) / warmup_epochs, 1.0) if warmup_epochs else 1.0
+
+
 @register
 class DKD(Method):
     """Decoupled KD: CE + min(epoch / warmup, 1) * T^2 (alpha TCKD + beta NCKD)."""
@@ -208,7 +213,7 @@ class DKD(Method):
     def forward_train(self, model, x, target, teacher, epoch):
         s = self.settings
         logits, _ = model(x)
-        ramp = min((epoch + 1) / s.warmup_epochs, 1.0) if s.warmup_epochs else 1.0
+        ramp = warmup_ramp(epoch, s.warmup_epochs)
         return logits, {
             "ce": s.ce_weight * losses.cross_entropy(logits, target),
             "dkd": ramp * losses.dkd_loss(logits, teacher, target, s.alpha, s.beta, s.temperature),
@@ -243,8 +248,8 @@ def build_method(entry: str, raw: dict[str, Any] | None = None) -> Method:
 
 # --------------------------------------------------------------------------- #
 # more one-head methods (shared docs/methods.md): KD+LS, DKD+LS, DIST, PLD, NKD,
-# Z-loss, LDR-KL, SinKD. Appended after validate_method_entry / build_method;
-# both look METHODS up at call time, so registration order does not matter.
+# Z-loss, LDR-KL, SinKD. The registry is read at call time, so their place in the
+# file does not matter.
 # --------------------------------------------------------------------------- #
 class KDLSSettings(KDSettings):
     temperature: float = Field(2.0, gt=0, description="base temperature after standardization")
@@ -290,7 +295,7 @@ class DKDLS(Method):
     def forward_train(self, model, x, target, teacher, epoch):
         s = self.settings
         logits, _ = model(x)
-        ramp = min((epoch + 1) / s.warmup_epochs, 1.0) if s.warmup_epochs else 1.0
+        ramp = warmup_ramp(epoch, s.warmup_epochs)
         zs = losses.logit_standardize(logits)
         zt = losses.logit_standardize(teacher.detach())
         return logits, {
