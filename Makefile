@@ -29,7 +29,10 @@ $(VENV)/.installed: pyproject.toml | $(PREFECT_HOME)
 $(PREFECT_HOME):
 	mkdir -p $@
 
+# The whole study is validated first (exit 2 naming the field, nothing run or removed);
+# dvc repro's own first stage, check_study, validates it again for a bare `dvc repro`.
 run: install | $(PREFECT_HOME)
+	$(BIN)/python -m tasks.check_study --validate-only
 	$(BIN)/dvc repro
 	@echo "results table: results/summary.md (also results/summary.csv, results/summary.json)"
 

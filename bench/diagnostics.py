@@ -21,9 +21,11 @@ from pathlib import Path
 import torch
 
 from kdlib.config import AugmentConfig
-from kdlib.data import augment, make_synthetic, to_float
+from kdlib.data.augment import augment
+from kdlib.data.dataset import to_float
+from kdlib.data.sources.synthetic import make_synthetic
 from kdlib.diagnostics import Probe
-from kdlib.methods import build_method
+from kdlib.methods.base import build_method, validate_method_entry
 from kdlib.models import build_model
 from kdlib.train import epoch_order
 
@@ -49,7 +51,7 @@ def main() -> None:
     rows = []
     for name in METHODS:
         torch.manual_seed(0)
-        method = build_method(name)
+        method = build_method(name, validate_method_entry(name, None))
         model = method.build(build_model("resnet8", ds.num_classes, ds.num_channels, ds.image_size))
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         probe = Probe(method, ds, augment_config, epochs=1, teacher_views=lambda e, idx: teacher[idx], probe_size=PROBE)

@@ -12,7 +12,7 @@ For each loss, shape (N rows x C classes) and dtype it times forward + backward
 * ``peak_extra_mib``: peak device memory above the inputs during the step (CUDA
   allocator statistics; not available on CPU, so null there).
 
-Backends: ``triton`` (kdlib.kernels, CUDA only), ``eager`` (the kdlib.losses
+Backends: ``triton`` (kdlib.kernels.<family>, CUDA only), ``eager`` (the kdlib.losses.<family>
 reference), ``compile`` (``torch.compile`` of that reference) and ``liger``
 (Liger-Kernel's KLDiv after PyTorch log_softmax, the same KD value; kd_loss only,
 CUDA only, when ``liger_kernel`` is installed). On CPU only the PyTorch paths
@@ -25,6 +25,7 @@ JSON says so. Results go to ``bench/results/kernels_<device>.json``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import statistics
 import time
 from pathlib import Path
@@ -32,10 +33,15 @@ from typing import Callable
 
 import torch
 
-from kdlib import artifacts, kernels, losses
+from kdlib import artifacts
 
 OUT = Path(__file__).resolve().parent / "results"
-KERNELS = list(kernels.KERNELS)
+FAMILY = {
+    "kd_loss": "kd", "ce_kd_loss": "kd", "binary_kl_loss": "binary_kl", "binary_kl_norm_loss": "binary_kl",
+    "dkd_loss": "dkd", "sparse_kd_loss": "sparse_kd", "fused_linear_kd_loss": "fused_linear_kd",
+}
+"""Each kernelled loss and its family: the stem of its `kdlib.kernels` and `kdlib.losses` modules."""
+KERNELS = list(FAMILY)
 GPU_GRID = {"rows": [1024, 4096, 8192], "classes": [100, 1000, 32000, 128256]}
 CPU_GRID = {"rows": [1024], "classes": [100, 1000, 32000]}
 TOPK = 20
@@ -77,7 +83,7 @@ def make_inputs(name: str, n: int, c: int, dtype: torch.dtype, device: torch.dev
 
 
 def loss_fn(name: str, backend: str) -> Callable:
-    reference = getattr(losses, name)
+    reference = getattr(importlib.import_module(f"kdlib.losses.{FAMILY[name]}"), name)
     if backend == "eager":
         return reference
     if backend == "compile":
@@ -85,7 +91,7 @@ def loss_fn(name: str, backend: str) -> Callable:
         torch._dynamo.reset()
         return torch.compile(reference, dynamic=False)
     if backend == "triton":
-        kernel = getattr(kernels, name)
+        kernel = getattr(importlib.import_module(f"kdlib.kernels.{FAMILY[name]}"), name)  # imports triton
         return lambda *a: kernel(*a, backend="triton")
     if backend == "liger":
         from liger_kernel.transformers import LigerKLDIVLoss

@@ -40,9 +40,10 @@ from torch import Tensor, nn
 
 from kdlib import artifacts
 from kdlib.config import AugmentConfig, ScheduleConfig
-from kdlib.data import Dataset, augment, to_float
+from kdlib.data.augment import augment
+from kdlib.data.dataset import Dataset, to_float
 from kdlib.logit_cache import LogitCache, compute_cache, teacher_view_logits, write_cache
-from kdlib.methods import Method, build_method
+from kdlib.methods.base import Method, build_method, validate_method_entry
 from kdlib.models import build_model
 from kdlib.train import Speed, fit, resolve_device
 
@@ -153,7 +154,7 @@ def main() -> None:
     ds = random_cifar100(n)
     aug = AugmentConfig(padding=PADDING, flip=True, seed=0)
     schedule = ScheduleConfig(epochs=1, batch_size=args.batch_size, lr=0.05)
-    method = build_method("kd")
+    method = build_method("kd", validate_method_entry("kd", None))
     method.use_kernels("auto", device)
     torch.manual_seed(0)
     teacher = build_model(TEACHER, CLASSES).to(device).eval()

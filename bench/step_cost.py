@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from kdlib.methods import build_method
+from kdlib.methods.base import build_method, validate_method_entry
 from kdlib.models import build_model
 
 OUT = Path(__file__).resolve().parent / "results" / "step_cost.json"
@@ -41,7 +41,7 @@ class Case:
 
     def __init__(self, name: str, settings: dict) -> None:
         torch.manual_seed(0)
-        self.method = build_method(name, settings)
+        self.method = build_method(name, validate_method_entry(name, settings))
         student = build_model("resnet8", CLASSES, 3, SIZE)
         if self.method.online_teacher:
             self.model = self.method.build(student, build_model("resnet20", CLASSES, 3, SIZE))

@@ -27,11 +27,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kdlib import artifacts, losses  # noqa: E402
+from kdlib import artifacts  # noqa: E402
 from kdlib.config import load_config  # noqa: E402
-from kdlib.data import load_dataset  # noqa: E402
+from kdlib.data.dataset import load_dataset  # noqa: E402
 from kdlib.logit_cache import LogitCache  # noqa: E402
-from kdlib.mcmi import class_centroids  # noqa: E402
+from kdlib.losses.multi_teacher_kd import entropy_balanced_temperatures  # noqa: E402
+from kdlib.mcmi import class_centroids, mcmi_regularizer  # noqa: E402
 from kdlib.train import predict  # noqa: E402
 from tasks import cache_logits, finetune_teacher, prepare_data, train_student, train_teacher  # noqa: E402
 from tasks.common import setup_torch  # noqa: E402
@@ -60,7 +61,7 @@ STUDY = {
 def cmi(model: torch.nn.Module, ds) -> float:
     """The teacher's CMI estimate: mean KL(P_x || Q_y), Q its own class centroids."""
     logits = predict(model, ds.x_train, ds).double()
-    return losses.mcmi_regularizer(logits, ds.y_train, class_centroids(logits, ds.y_train, ds.num_classes)).item()
+    return mcmi_regularizer(logits, ds.y_train, class_centroids(logits, ds.y_train, ds.num_classes)).item()
 
 
 def main() -> None:
@@ -93,7 +94,7 @@ def main() -> None:
         result["students"][method] = {"top1": top1, "mean": statistics.mean(top1)}
         print(method, result["students"][method], flush=True)
     stacked = torch.stack([LogitCache(Path(caches[n]["dir"])).views(0, torch.arange(len(ds.x_train))) for n in ("teacher", "wrn_16_2_s1")])
-    taus = [losses.entropy_balanced_temperatures(stacked[:, i:i + 64], 1.0, 10.0).tolist() for i in range(0, stacked.shape[1] - 63, 64)]
+    taus = [entropy_balanced_temperatures(stacked[:, i:i + 64], 1.0, 10.0).tolist() for i in range(0, stacked.shape[1] - 63, 64)]
     result["multi_teacher_kd_temperatures_epoch0"] = {
         name: {"mean": statistics.mean(t[k] for t in taus), "min": min(t[k] for t in taus), "max": max(t[k] for t in taus)}
         for k, name in enumerate(("teacher", "wrn_16_2_s1"))

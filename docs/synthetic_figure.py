@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from kdlib.data import make_synthetic  # noqa: E402
+from kdlib.data.sources.synthetic import make_synthetic  # noqa: E402
 
 
 def main(out: Path = Path(__file__).parent / "figures" / "synthetic.png", per_class: int = 6) -> None:

@@ -1,29 +1,31 @@
-"""The `kd-pipeline` flow: the whole DAG as cached Prefect tasks, students mapped over methods x seeds."""
+"""The `kd-pipeline` flow: the whole DAG as cached Prefect tasks, students mapped over methods x seeds.
+
+`kd_pipeline` validates the study first (an invalid one fails the flow run with the config
+error as its message, before any task), then runs the `kd-study` subflow (`run_study`) on the task runner
+the study asks for (`flows.runners`).
+"""
 from __future__ import annotations
 
 import itertools
 from typing import Any
 
 from prefect import flow, unmapped
+from prefect.states import Failed
 
-from flows.runners import StudyTaskRunner, use_task_runner
-from kdlib.config import load_config
-from kdlib.methods import MAIN_TEACHER
+from flows.runners import task_runner
+from kdlib.config import MAIN_TEACHER, ConfigError, StudyConfig, load_config
 from tasks import aggregate, cache_logits, evaluate, finetune_teacher, prepare_data, train_student, train_teacher
 from tasks.common import result_storage, setup_torch
 
 
-@flow(name="kd-pipeline", task_runner=StudyTaskRunner(), log_prints=True)
+@flow(name="kd-pipeline", log_prints=True)
 def kd_pipeline(
     params_path: str = "params.yaml",
     methods: list[str] | None = None,
     seeds: list[int] | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run a study; `methods`, `seeds` and `overrides` (a nested mapping merged into the study file) change it.
-
-    Its tasks run on the task runner `runtime.task_runner` names (`flows.runners`).
-    """
+    """Run a study; `methods`, `seeds` and `overrides` (a nested mapping merged into the study file) change it."""
     merged = dict(overrides or {})
     students = dict(merged.get("students", {}))
     if methods is not None:
@@ -32,10 +34,18 @@ def kd_pipeline(
         students["seeds"] = seeds
     if students:
         merged["students"] = students
-    cfg = load_config(params_path, merged)
-    setup_torch(cfg)
-    use_task_runner(cfg)
+    try:
+        cfg = load_config(params_path, merged)
+    except ConfigError as err:
+        print(err)
+        return Failed(message=str(err))
+    return run_study.with_options(task_runner=task_runner(cfg))(cfg)
 
+
+@flow(name="kd-study", log_prints=True, validate_parameters=False)
+def run_study(cfg: StudyConfig) -> dict[str, Any]:
+    """The DAG of one validated study (a subflow of `kd_pipeline`), on the task runner it was started with."""
+    setup_torch(cfg)
     storage = result_storage(cfg)
     (
         prepare_data_task, train_teacher_task, finetune_teacher_task, cache_logits_task, train_student_task,

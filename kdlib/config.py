@@ -2,20 +2,34 @@
 
 Every model forbids unknown keys, so a typo is an error that names its field path
 instead of a setting that is silently ignored. Method settings are validated by the
-method's own settings model (see `kdlib.methods`), so each method's defaults live in
+method's own settings model (see `kdlib.methods.base`), so each method's defaults live in
 one place and `params.yaml` can override every one of them.
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from kdlib.methods import MAIN_TEACHER, METHODS, MethodSettings, validate_method_entry
 from kdlib.models import ARCHS, forward_error
+
+
+if TYPE_CHECKING:
+    from kdlib.methods.base import MethodSettings
+
+MAIN_TEACHER = "teacher"
+"""The name of the study's `teacher:`; extra and fine-tuned teachers have their own names."""
+
+
+def _method_class(name: str) -> Any:
+    """The `kdlib.methods` class registered as `name`. Imported here, on use: importing
+    kdlib.config loads no method module (teacher training never imports distillation code)."""
+    from kdlib.methods.base import method_class
+
+    return method_class(name)
 
 
 class ConfigError(ValueError):
@@ -26,8 +40,16 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _source(name: str) -> Any:
+    """The `kdlib.data.sources` class registered as `name` (ValueError listing the names if
+    none). Imported here, on use: importing kdlib.config loads no source module."""
+    from kdlib.data.sources.base import source_class
+
+    return source_class(name)
+
+
 class DataConfig(Strict):
-    source: Literal["synthetic", "digits", "cifar100", "cifar10", "imagefolder"] = "synthetic"
+    source: str = Field("synthetic", description="a data source registered in kdlib.data.sources")
     seed: int = 0
     train_per_class: int = Field(40, ge=1, description="synthetic only")
     test_per_class: int = Field(20, ge=1, description="synthetic only")
@@ -38,15 +60,15 @@ class DataConfig(Strict):
     url: str | None = Field(None, description="cifar: where to download the official archive (MD5 checked) into `root`")
     root: str = Field("data", description="where downloads go; data paths must lie inside the project or here")
 
+    @field_validator("source")
+    @classmethod
+    def _registered_source(cls, name: str) -> str:
+        _source(name)  # "data.source: unknown source 'x'; allowed: ..."
+        return name
+
     @model_validator(mode="after")
     def _check_paths(self) -> "DataConfig":
-        if self.source in ("cifar100", "cifar10"):
-            if self.path is None and self.url is None:
-                raise ValueError(f"data.path or data.url is needed for source {self.source!r} (the official python archive)")
-            if self.url is not None and not self.url.startswith(("https://", "http://", "file://")):
-                raise ValueError(f"data.url must be an http(s):// or file:// URL, got {self.url!r}")
-        if self.source == "imagefolder" and self.path is None:
-            raise ValueError("data.path is needed for source 'imagefolder' (a folder with train/<class>/ and test/<class>/)")
+        _source(self.source).check(self)
         if self.path is not None:
             path = Path(self.path).expanduser().resolve()
             allowed = (Path.cwd().resolve(), Path(self.root).expanduser().resolve())
@@ -58,13 +80,12 @@ class DataConfig(Strict):
 
     def input_shape(self) -> tuple[int, int, int]:
         """(channels, image size, classes) of the images this source yields, known before
-        any data is read: what validation probes each arch with. An image folder's class
-        count is only known once read; it does not change whether a shape can run."""
-        if self.source == "digits":
-            return 1, 8, 10
-        if self.source in ("cifar100", "cifar10"):
-            return 3, 32, 100 if self.source == "cifar100" else 10
-        return 3, self.image_size, 100 if self.source == "synthetic" else 2
+        any data is read: what validation probes each arch with (the source says)."""
+        return _source(self.source).input_shape(self)
+
+    def takes_image_size(self) -> bool:
+        """Whether `image_size` sets the size of this source's images."""
+        return bool(_source(self.source).takes_image_size)
 
 
 class AugmentConfig(Strict):
@@ -152,7 +173,7 @@ class TrackingConfig(Strict):
 class RuntimeConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     kernels: Literal["auto", "triton", "torch"] = Field(
-        "auto", description="loss backend: auto (Triton on CUDA, PyTorch on CPU), triton, torch (kdlib.kernels.select)"
+        "auto", description="loss backend: auto (Triton on CUDA, PyTorch on CPU), triton, torch (kdlib.kernels.utils.resolve_backend)"
     )
     threads: int = Field(2, ge=1)
     store: str = Field(
@@ -203,7 +224,7 @@ class RuntimeConfig(Strict):
 
 class StudyConfig(Strict):
     study: str = "default"
-    data: DataConfig = DataConfig()
+    data: DataConfig = Field(default_factory=DataConfig)  # built on use: it asks the source registry
     augment: AugmentConfig = AugmentConfig()
     teacher: TeacherConfig
     teachers: dict[str, TeacherConfig] = Field(
@@ -214,14 +235,41 @@ class StudyConfig(Strict):
     )
     logits: LogitsConfig = LogitsConfig()
     students: StudentsConfig
-    methods: dict[str, dict[str, Any]] = Field(
+    methods: dict[str, Any] = Field(
         default_factory=dict,
         description="settings per method entry; the key is the entry's name, `method:` picks the "
-        "registry method when the name is a variant (e.g. kd_t2: {method: kd, temperature: 2})",
+        "registry method when the name is a variant (e.g. kd_t2: {method: kd, temperature: 2}). "
+        "Parsed once by `_parse_methods`: the values are `kdlib.methods.base.MethodSettings`",
     )
     evaluation: EvaluationConfig = EvaluationConfig()
     tracking: TrackingConfig = TrackingConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse_methods(cls, raw: Any) -> Any:
+        """`methods` holds each entry's parsed settings (its method's `Settings`), validated
+        here, once: every name in `students.methods` (an entry without a block gets its
+        method's defaults), then every other entry of `methods`. Errors name
+        `methods.<entry>.<field>`."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("methods", {}), dict):
+            return raw  # the fields' own validation names what is wrong
+        from kdlib.methods.base import MethodSettings, validate_method_entry
+
+        blocks = raw.get("methods", {})
+        students = raw.get("students")
+        listed = students.get("methods") if isinstance(students, dict) else getattr(students, "methods", None)
+        listed = [n for n in listed if isinstance(n, str)] if isinstance(listed, list) else []
+        parsed: dict[str, Any] = {}
+        for name in [*dict.fromkeys(listed), *(n for n in blocks if n not in listed)]:
+            block = blocks.get(name)
+            if isinstance(block, MethodSettings):
+                parsed[name] = block
+            elif block is None or isinstance(block, dict):
+                parsed[name] = validate_method_entry(name, block)
+            else:
+                raise ValueError(f"methods.{name}: a mapping of settings, got {type(block).__name__} {block!r}")
+        return {**raw, "methods": parsed}
 
     @model_validator(mode="after")
     def _check_references(self) -> "StudyConfig":
@@ -233,8 +281,8 @@ class StudyConfig(Strict):
         if len(set(self.students.seeds)) != len(self.students.seeds):
             raise ValueError(f"students.seeds: duplicate seeds in {self.students.seeds}")
         for name in self.students.methods:
-            settings = validate_method_entry(name, self.methods.get(name, {}))
-            if self.logits.topk is None and {"topk_probs", "topk_indices"} & set(METHODS[settings.method].cached):
+            settings = self.method_settings(name)
+            if self.logits.topk is None and {"topk_probs", "topk_indices"} & set(_method_class(settings.method).cached):
                 raise ValueError(f"students.methods: {name!r} trains from the sparse top-K logit cache; set logits.topk (e.g. 10)")
         self._check_teachers()
         self._check_shapes()
@@ -263,7 +311,7 @@ class StudyConfig(Strict):
         declared = self.teacher_names()
         for name in self.students.methods:
             settings = self.method_settings(name)
-            method = METHODS[settings.method]
+            method = _method_class(settings.method)
             if "teacher" in settings.model_fields_set and (not method.needs_teacher or "teachers" in method.Settings.model_fields):
                 reads = "reads no logit cache" if not method.needs_teacher else "names its teachers in `teachers`"
                 raise ValueError(f"methods.{name}.teacher: method {settings.method!r} {reads}")
@@ -293,7 +341,7 @@ class StudyConfig(Strict):
         batch = self.students.schedule.batch_size
         for name in self.students.methods:
             settings = self.method_settings(name)
-            method = METHODS[settings.method]
+            method = _method_class(settings.method)
             aux_head = getattr(settings, "aux_head", None) if method.dual_head else None
             via = f" with the {aux_head} second head of methods.{name}" if aux_head else ""
             probes.append(("students", "students", self.students.arch, batch, aux_head, via))
@@ -310,12 +358,14 @@ class StudyConfig(Strict):
                 )
             raise ValueError(
                 f"{arch_field}.arch: {arch}{via} cannot run on {images} ({error}); pick another arch"
-                + (" or a larger data.image_size" if self.data.source in ("synthetic", "imagefolder") else "")
+                + (" or a larger data.image_size" if self.data.takes_image_size() else "")
             )
 
     def method_settings(self, name: str) -> MethodSettings:
-        """The validated settings object of one method entry."""
-        return validate_method_entry(name, self.methods.get(name, {}))
+        """The validated settings object of one method entry (parsed once, with the config)."""
+        if name not in self.methods:
+            raise KeyError(f"no method entry {name!r}: students.methods is {self.students.methods}, methods has {list(self.methods)}")
+        return self.methods[name]
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:

@@ -24,9 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from kdlib.config import AugmentConfig
-from kdlib.data import Dataset, augment, to_float
-from kdlib.methods import Method
+from kdlib.data.augment import augment
+from kdlib.data.dataset import Dataset, to_float
 from kdlib.metrics import agreement, kl_to_teacher
+from kdlib.objective import Objective
 from kdlib.train import predict
 
 HEAD_MODULES = ("classifier", "aux_head", "weak_head", "projector")
@@ -41,7 +42,7 @@ NC_HEADS = ("classifier", "aux_head")
 """The heads that read the penultimate feature, whose rows neural collapse compares with the class means."""
 
 ONLINE_TEACHER = "teacher"
-"""Top-level module of an online teacher (`kdlib.models.OnlinePair`): not the student's, left out."""
+"""Top-level module of an online teacher (`kdlib.models.heads.OnlinePair`): not the student's, left out."""
 
 
 def is_head_parameter(name: str, heads: tuple[str, ...] = HEAD_MODULES) -> bool:
@@ -229,7 +230,7 @@ class Probe:
 
     def __init__(
         self,
-        method: Method,
+        method: Objective,
         ds: Dataset,
         augment_config: AugmentConfig,
         epochs: int,

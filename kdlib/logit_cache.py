@@ -11,7 +11,7 @@ Beside the dense logits the cache holds, in one pass of the teacher:
   part of the feature the ND loss of KD++/DKD++ reads) and the teacher's class means of
   that feature over the un-augmented train images (eval mode), `(C, D)` float32;
 - `sparse.pt` when `logits.topk = K`: TinyViT's sparse cache, per view the augmentation
-  seed (`kdlib.data.view_seeds`) and the teacher's top-K probabilities at T = 1 (fp16
+  seed (`kdlib.data.augment.view_seeds`) and the teacher's top-K probabilities at T = 1 (fp16
   values, int16 class indices when C <= 32767, else int32).
 A method declares the cached tensors it reads (`Method.cached`, names of `TeacherBatch`
 fields); `LogitCache.reader` serves exactly those, loading only the files they live in.
@@ -27,7 +27,8 @@ from torch import Tensor, nn
 
 from kdlib import artifacts
 from kdlib.config import AugmentConfig
-from kdlib.data import Dataset, augment, to_float, view_seeds
+from kdlib.data.augment import augment, view_seeds
+from kdlib.data.dataset import Dataset, to_float
 from kdlib.train import predict
 
 VIEWS, PLAIN, FEATURES, SPARSE = "views.pt", "plain.pt", "features.pt", "sparse.pt"

@@ -20,12 +20,12 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from kdlib import losses
-from kdlib.data import Dataset
-from kdlib.methods import Method, MethodSettings
+from kdlib.data.dataset import Dataset
+from kdlib.objective import Objective, cross_entropy
 from kdlib.train import predict
 
 
@@ -40,21 +40,56 @@ def class_centroids(logits: Tensor, target: Tensor, num_classes: int) -> Tensor:
     return torch.where(counts > 0, sums / counts.clamp_min(1), uniform).float()
 
 
-class FinetuneSettings(MethodSettings):
+def _check_matrix(x: Tensor, name: str) -> None:
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() != 2 or 0 in x.shape:
+        raise ValueError(f"{name} must be a non-empty floating-point tensor of shape (N, C), got {getattr(x, 'shape', x)}")
+
+
+def mcmi_regularizer(teacher_logits: Tensor, target: Tensor, centroids: Tensor) -> Tensor:
+    """MCMI teacher regulariser: ``batch_mean KL(P_x || Q_y)``.
+
+    The conditional-mutual-information term of MCMI teacher fine-tuning,
+    ``CE + lambda * KL`` with ``lambda < 0`` (maximise it). ``P_x = softmax(teacher_logits)``
+    keeps its gradient (this is the teacher being trained); ``centroids`` is the
+    ``(C, C)`` matrix of class centroids ``Q_c`` (mean teacher softmax over class
+    c, rows of probabilities), a constant here. ``log P`` comes from
+    ``log_softmax``; ``log Q`` is taken from the given strictly-positive
+    centroids (a mean of softmaxes is never 0). Computed in float32 at least (float64
+    stays float64); bad inputs raise ``ValueError`` naming the argument. The teacher's
+    own loss, not a distillation loss: it lives here, apart from ``kdlib.losses``.
+    """
+    _check_matrix(teacher_logits, "teacher_logits")
+    n, c = teacher_logits.shape
+    if not isinstance(target, Tensor) or target.is_floating_point() or target.is_complex() or target.dtype == torch.bool \
+            or target.shape != (n,):
+        raise ValueError(f"target must be an integer tensor of shape ({n},), got {getattr(target, 'dtype', target)} "
+                         f"of shape {tuple(getattr(target, 'shape', ()))}")
+    _check_matrix(centroids, "centroids")
+    if centroids.shape != (c, c):
+        raise ValueError(f"centroids must have shape ({c}, {c}), got shape {tuple(centroids.shape)}")
+    dt = torch.float64 if torch.float64 in (teacher_logits.dtype, centroids.dtype) else torch.float32
+    log_p = F.log_softmax(teacher_logits.to(dt), dim=1)
+    q = centroids.detach().to(device=teacher_logits.device, dtype=dt)
+    log_q = torch.log(q).index_select(0, target.long().to(teacher_logits.device))
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
+
+
+class FinetuneSettings(BaseModel):
+    """A fine-tune's objective: `regularizer: mcmi` (CE + lam * KL) or `none` (CE alone)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
     regularizer: Literal["mcmi", "none"] = "mcmi"
     lam: float = Field(-0.25, lt=0)
 
 
-class MCMIFinetune(Method):
-    """The fine-tuning objective as a `fit` method: terms `ce` and `mcmi` (= lam * KL,
+class MCMIFinetune(Objective):
+    """The fine-tuning objective as a `fit` objective: terms `ce` and `mcmi` (= lam * KL,
     negative); centroids refreshed by `start_epoch` from `ds`'s training images."""
 
     name = "mcmi_finetune"
-    Settings = FinetuneSettings
-    needs_teacher = False
 
     def __init__(self, settings: FinetuneSettings, ds: Dataset) -> None:
-        super().__init__(settings)
+        self.settings = settings
         self.ds = ds
         self.centroids: Tensor | None = None
 
@@ -64,9 +99,9 @@ class MCMIFinetune(Method):
 
     def forward_train(self, model, x, target, teacher, epoch):
         logits, _ = model(x)
-        terms = {"ce": losses.cross_entropy(logits, target)}
+        terms = {"ce": cross_entropy(logits, target)}
         if self.settings.regularizer == "mcmi":
             if self.centroids is None:
                 raise RuntimeError("MCMI centroids are computed by start_epoch, which fit calls before each epoch")
-            terms["mcmi"] = self.settings.lam * losses.mcmi_regularizer(logits, target, self.centroids.to(logits.device))
+            terms["mcmi"] = self.settings.lam * mcmi_regularizer(logits, target, self.centroids.to(logits.device))
         return logits, terms

@@ -19,14 +19,15 @@ from torch import Tensor, nn
 
 from kdlib import artifacts, distributed
 from kdlib.config import AugmentConfig, ScheduleConfig
-from kdlib.data import Dataset, augment, to_float
-from kdlib.methods import Method
+from kdlib.data.augment import augment
+from kdlib.data.dataset import Dataset, to_float
 from kdlib.metrics import topk_accuracy
+from kdlib.objective import Objective
 
 TeacherViews = Callable[[int, Tensor], Any]
 """(epoch, sample indices) -> the teacher's cached tensors for those samples' views in that
 epoch: the logits tensor, or a `kdlib.logit_cache.TeacherBatch` for a method reading more
-(`Method.cached`); either has `.to(device)`."""
+(`kdlib.methods.base.Method.cached`); either has `.to(device)`."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -104,11 +105,14 @@ class FitResult:
     history: list[dict[str, float]]
     best_epoch: int
     best_top1: float
+    timings: list[dict[str, float]]
+    """Per epoch computed in this process: `train_seconds`, `diagnose_seconds`. Kept apart
+    from `history`, which is written into hashed artifacts and so must not hold wall-clock times."""
 
 
 def fit(
     model: nn.Module,
-    method: Method,
+    method: Objective,
     ds: Dataset,
     schedule: ScheduleConfig,
     seed: int,
@@ -129,8 +133,8 @@ def fit(
     with exactly the weights of an uninterrupted one.
 
     `diagnose(model, epoch)`, when given, runs after each epoch's test evaluation; its
-    values join that epoch's history record (e.g. `kdlib.diagnostics.Probe`), timed as
-    `diagnose_seconds` apart from `seconds`.
+    values join that epoch's history record (e.g. `kdlib.diagnostics.Probe`); its time is
+    `diagnose_seconds` in `FitResult.timings`, apart from the epoch's `train_seconds`.
 
     `speed` (`Speed.for_device`) picks channels_last, bf16 autocast and torch.compile. Under
     a torchrun process group (`kdlib.distributed`) the model trains under DDP, each rank on
@@ -138,7 +142,7 @@ def fit(
     only rank 0 writes the checkpoint and logs.
     """
     if method.needs_teacher and teacher_views is None:
-        raise ValueError(f"method {method.settings.method!r} needs teacher logits")
+        raise ValueError(f"method {method.name!r} needs teacher logits")
     ranks = distributed.world()[1]
     if ranks > 1:
         _check_ddp(model, method, schedule, ranks, device, log, label)
@@ -165,6 +169,7 @@ def fit(
         history = state["history"]
         best_epoch, best_top1 = state["best_epoch"], state["best_top1"]
         log(f"{label} resuming after epoch {len(history)} from {checkpoint}")
+    timings: list[dict[str, float]] = []
     for epoch in range(len(history), schedule.epochs):
         started = time.perf_counter()
         method.start_epoch(model, epoch)
@@ -209,12 +214,13 @@ def fit(
             train_top1=100.0 * correct / seen,
             test_top1=topk_accuracy(test_logits, ds.y_test, 1),
             test_nll=torch.nn.functional.cross_entropy(test_logits, ds.y_test).item(),
-            seconds=time.perf_counter() - started,
         )
+        timing = {"epoch": epoch + 1, "train_seconds": time.perf_counter() - started}
         if diagnose is not None:
             diagnose_started = time.perf_counter()
             record.update(diagnose(model, epoch))
-            record["diagnose_seconds"] = time.perf_counter() - diagnose_started
+            timing["diagnose_seconds"] = time.perf_counter() - diagnose_started
+        timings.append(timing)
         history.append(record)
         if record["test_top1"] > best_top1:
             best_epoch, best_top1 = epoch + 1, record["test_top1"]
@@ -226,9 +232,9 @@ def fit(
         log(
             f"{label} epoch {epoch + 1}/{schedule.epochs} loss {record['loss']:.3f} "
             f"train {record['train_top1']:.1f}% test {record['test_top1']:.1f}% "
-            f"lr {lr:.4f} ({record['seconds']:.1f}s)"
+            f"lr {lr:.4f} ({timing['train_seconds']:.1f}s)"
         )
-    return FitResult(history=history, best_epoch=best_epoch, best_top1=best_top1)
+    return FitResult(history=history, best_epoch=best_epoch, best_top1=best_top1, timings=timings)
 
 
 def _silent(message: str) -> None:
@@ -236,7 +242,7 @@ def _silent(message: str) -> None:
 
 
 def _check_ddp(
-    model: nn.Module, method: Method, schedule: ScheduleConfig, ranks: int, device: torch.device,
+    model: nn.Module, method: Objective, schedule: ScheduleConfig, ranks: int, device: torch.device,
     log: Callable[[str], None], label: str,
 ) -> None:
     """What DDP cannot do here is an error before training starts; what it does differently, a log line."""
@@ -244,7 +250,7 @@ def _check_ddp(
         raise ValueError(f"schedule.batch_size {schedule.batch_size} must be a multiple of the {ranks} DDP ranks")
     if method.shapes_gradients:
         raise ValueError(
-            f"runtime.ddp: method {method.settings.method!r} computes its own gradients (Method.backward), "
+            f"runtime.ddp: method {method.name!r} computes its own gradients (Objective.backward), "
             "which DDP does not all-reduce; train it on one process"
         )
     if device.type != "cuda" and distributed.has_batch_norm(model) and distributed.is_main():

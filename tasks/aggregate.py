@@ -11,13 +11,12 @@ import polars as pl
 import scipy.stats
 
 from kdlib import artifacts
-from kdlib.config import StudyConfig
-from kdlib.methods import MAIN_TEACHER
+from kdlib.config import MAIN_TEACHER, StudyConfig
 from tasks import common, report, tracking
 from tasks.evaluate import RELIABILITY
 
 STEP = "aggregate"
-CODE = ("tasks/aggregate.py", "tasks/tracking.py", "tasks/report.py")
+CODE_ROOTS = ("tasks.aggregate",)
 METRICS = ("top1", "best_top1", "top5", "nll", "ece", "agreement", "kl_to_teacher", "nontarget_rank_corr")
 CURVES = ("test_top1", "loss")
 """Per-epoch history values averaged into the curves, besides every `grad_cos/*` and `nc/*` one."""
@@ -27,15 +26,22 @@ def key(
     cfg: StudyConfig, teacher: common.Manifest, evaluations: list[common.Manifest],
     teachers: dict[str, common.Manifest] | None = None,
 ) -> str:
-    """`teachers` (the extra and fine-tuned ones, by name) join the key only when there are
-    some, so a study without them keeps its key (and its cached results)."""
+    """`teachers`: the extra and fine-tuned ones, by name."""
+    inputs = [teacher, *(teachers[n] for n in sorted(teachers or {})), *evaluations]
+    return common.cache_key(STEP, config_slice(cfg), inputs, CODE_ROOTS)
+
+
+def config_slice(cfg: StudyConfig) -> dict[str, Any]:
+    """The extra and fine-tuned teachers' names join the slice only when there are some, so a
+    study without them keeps its key (and its cached results)."""
     slice_ = {
         "study": cfg.study, "methods": cfg.students.methods, "seeds": cfg.students.seeds,
         "tracking": cfg.tracking.model_dump(),
     }
-    if teachers:
-        slice_["teachers"] = sorted(teachers)
-    return common.cache_key(STEP, slice_, [teacher, *(teachers[n] for n in sorted(teachers or {})), *evaluations], CODE)
+    others = sorted([*cfg.teachers, *cfg.finetuned_teachers])
+    if others:
+        slice_["teachers"] = others
+    return slice_
 
 
 def teacher_rows(teacher: common.Manifest, teachers: dict[str, common.Manifest]) -> list[dict[str, Any]]:

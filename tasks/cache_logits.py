@@ -7,13 +7,13 @@ from typing import Any
 
 from kdlib import artifacts
 from kdlib.config import StudyConfig
-from kdlib.data import load_dataset
+from kdlib.data.dataset import load_dataset
 from kdlib.logit_cache import compute_cache, write_cache
 from tasks import common
 from tasks.train_teacher import load_teacher
 
 STEP = "cache_logits"
-CODE = ("tasks/cache_logits.py", "kdlib/logit_cache.py", "kdlib/data.py", "kdlib/models.py")
+CODE_ROOTS = ("tasks.cache_logits",)
 
 
 def config_slice(cfg: StudyConfig) -> dict:
@@ -25,7 +25,7 @@ def config_slice(cfg: StudyConfig) -> dict:
 
 
 def key(cfg: StudyConfig, data: common.Manifest, teacher: common.Manifest) -> str:
-    return common.cache_key(STEP, config_slice(cfg), [data, teacher], CODE)
+    return common.cache_key(STEP, config_slice(cfg), [data, teacher], CODE_ROOTS)
 
 
 def run(cfg: StudyConfig, data: common.Manifest, teacher: common.Manifest, out_dir: Path) -> common.Manifest:

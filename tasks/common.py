@@ -1,7 +1,8 @@
 """What every step shares: cache keys, the content-addressed store, the DVC command line.
 
 A step's cache key hashes its name, the slice of the validated config it reads, the
-content hashes of its inputs and the source of the code it runs (`architecture.md`).
+content hashes of its inputs and the code it runs (`tasks.code_identity`: the import
+closure of the step's module and of the plugin modules its config selects).
 The Prefect front door writes each artifact to `<runtime.store>/<step>/<key>`, so a
 cache hit can only ever hand back the artifact built from those inputs; the DVC front
 door writes to the fixed paths of `dvc.yaml` and lets DVC do the caching.
@@ -9,43 +10,41 @@ door writes to the fixed paths of `dvc.yaml` and lets DVC do the caching.
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import shutil
 import sys
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
 
 from kdlib import artifacts
-from kdlib.config import ConfigError, StudyConfig, load_config
-from kdlib.methods import MAIN_TEACHER
+from kdlib.config import MAIN_TEACHER, ConfigError, StudyConfig, load_config
+from tasks.code_identity import code_digest
 
-SOURCE_ROOT = Path(__file__).resolve().parents[1]
 Manifest = dict[str, Any]
 
 
-@functools.lru_cache(maxsize=None)
-def code_version(files: tuple[str, ...]) -> str:
-    """Hash of the source files a step runs (the same files its DVC stage depends on)."""
-    digest = hashlib.sha256()
-    for name in files:
-        digest.update(name.encode())
-        digest.update((SOURCE_ROOT / name).read_bytes())
-    return digest.hexdigest()
-
-
-def cache_key(step: str, config_slice: Any, inputs: Iterable[Manifest], code: tuple[str, ...]) -> str:
+def cache_key(step: str, config_slice: Any, inputs: Iterable[Manifest], code_roots: tuple[str, ...]) -> str:
+    """The key of one step run; `code_roots` are the modules it runs (`tasks.code_identity`)."""
     return artifacts.hash_json(
         {
             "step": step,
             "config": config_slice,
             "inputs": [m["files"] for m in inputs],
-            "code": code_version(code),
+            "code": code_digest(code_roots),
         }
     )[:24]
+
+
+TIMINGS = ".timings.json"
+"""Where a step keeps its wall-clock times, beside its files: the leading dot keeps it out of
+the manifest, and `.dvcignore` keeps it out of DVC's hash, so re-running a step on the same
+inputs writes a byte-identical artifact."""
+
+
+def write_timings(out_dir: Path, timings: list[dict[str, float]]) -> None:
+    artifacts.write_json(Path(out_dir) / TIMINGS, timings)
 
 
 def store_dir(cfg: StudyConfig, step: str, key: str) -> Path:
@@ -75,31 +74,8 @@ def run_in_store(cfg: StudyConfig, step: str, key: str, body: Callable[[Path], M
         return body(out_dir)
 
 
-RESULT_RECORD = ".prefect-result"
-
-
-def prefect_cache_key(step: str, key_fn: Callable[..., str]) -> Callable[[Any, dict[str, Any]], str]:
-    """A Prefect `cache_key_fn` whose record lives inside the artifact folder it describes.
-
-    With result storage rooted at the store (`result_storage`), the key
-    `<step>/<key>/.prefect-result` puts Prefect's cache record next to the artifact: delete
-    the folder and the record goes with it, so a cache hit can never point at a missing
-    artifact. A folder that exists but fails its manifest check gets a one-off key, so
-    the task runs and rebuilds it.
-    """
-
-    def cache_key_fn(context: Any, parameters: dict[str, Any]) -> str:
-        key = key_fn(**parameters)
-        folder = store_dir(parameters["cfg"], step, key)
-        if folder.exists() and not artifacts.is_complete(folder):
-            return f"{step}/{key}/{RESULT_RECORD}-rebuild-{uuid.uuid4().hex}"
-        return f"{step}/{key}/{RESULT_RECORD}"
-
-    return cache_key_fn
-
-
 def result_storage(cfg: StudyConfig) -> Any:
-    """Prefect result storage rooted at the study's artifact store (see `prefect_cache_key`).
+    """Prefect result storage rooted at the study's artifact store (see `StoreCachePolicy`).
 
     Prefect wants result storage saved server-side; the block's name is derived from the
     store's path, so every run on the same store shares one block.
@@ -120,9 +96,11 @@ def prefect_task(fn: Callable[..., Manifest], step: str, key_fn: Callable[..., s
     """
     from prefect import task
 
+    from tasks.cache_policy import StoreCachePolicy
+
     return task(
         fn, name=step, task_run_name=options.pop("task_run_name", step),
-        cache_key_fn=prefect_cache_key(step, key_fn), persist_result=True, result_serializer="json", **options,
+        cache_policy=StoreCachePolicy(step=step, key_fn=key_fn), persist_result=True, result_serializer="json", **options,
     )
 
 

@@ -12,18 +12,17 @@ from typing import Any
 
 
 from kdlib import artifacts
-from kdlib.config import StudyConfig
-from kdlib.data import load_dataset
+from kdlib.config import MAIN_TEACHER, StudyConfig
+from kdlib.data.dataset import load_dataset
 from kdlib.logit_cache import LogitCache
 from kdlib.diagnostics import teacher_fidelity
 from kdlib.metrics import evaluate_logits, reliability_diagram
 from kdlib.train import predict
-from kdlib.methods import MAIN_TEACHER
 from tasks import common
 from tasks.train_student import HISTORY, load_student, student_teachers
 
 STEP = "evaluate"
-CODE = ("tasks/evaluate.py", "kdlib/metrics.py", "kdlib/diagnostics.py")
+CODE_ROOTS = ("tasks.evaluate",)
 METRICS, RELIABILITY = "metrics.json", "reliability.json"
 
 
@@ -34,7 +33,7 @@ def fidelity_teacher(cfg: StudyConfig, method: str) -> str:
 
 
 def key(cfg: StudyConfig, data: common.Manifest, logits: common.Manifest, student: common.Manifest) -> str:
-    return common.cache_key(STEP, cfg.evaluation.model_dump(), [data, logits, student], CODE)
+    return common.cache_key(STEP, cfg.evaluation.model_dump(), [data, logits, student], CODE_ROOTS)
 
 
 def run(

@@ -14,17 +14,14 @@ import torch
 
 from kdlib import artifacts
 from kdlib.config import StudyConfig
-from kdlib.data import load_dataset
+from kdlib.data.dataset import load_dataset
 from kdlib.mcmi import FinetuneSettings, MCMIFinetune
 from kdlib.train import fit, resolve_device
 from tasks import common
 from tasks.train_teacher import load_teacher, write_teacher
 
 STEP = "finetune_teacher"
-CODE = (
-    "tasks/finetune_teacher.py", "kdlib/mcmi.py", "kdlib/train.py", "kdlib/models.py", "kdlib/methods.py",
-    "kdlib/losses.py", "kdlib/data.py", "kdlib/metrics.py",
-)
+CODE_ROOTS = ("tasks.finetune_teacher",)
 
 
 def config_slice(cfg: StudyConfig, name: str) -> dict:
@@ -32,7 +29,7 @@ def config_slice(cfg: StudyConfig, name: str) -> dict:
 
 
 def key(cfg: StudyConfig, name: str, data: common.Manifest, teacher: common.Manifest) -> str:
-    return common.cache_key(STEP, config_slice(cfg, name), [data, teacher], CODE)
+    return common.cache_key(STEP, config_slice(cfg, name), [data, teacher], CODE_ROOTS)
 
 
 def run(
@@ -44,7 +41,7 @@ def run(
     checkpoint = common.checkpoint_path(cfg, STEP, k)
     ds = load_dataset(Path(data["dir"]) / "dataset.pt")
     model = load_teacher(cfg, data, teacher)
-    method = MCMIFinetune(FinetuneSettings(method=MCMIFinetune.name, regularizer=ft.regularizer, lam=ft.lam), ds)
+    method = MCMIFinetune(FinetuneSettings(regularizer=ft.regularizer, lam=ft.lam), ds)
     torch.manual_seed(ft.seed)
     with artifacts.exclusive(checkpoint.with_suffix(".lock")):
         result = fit(

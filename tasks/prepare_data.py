@@ -1,20 +1,16 @@
 """prepare_data: build the data set named by `data` once, as one tensor file."""
 from __future__ import annotations
 
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from kdlib import artifacts
 from kdlib.config import StudyConfig
-from kdlib.data import (
-    CIFAR10_ARCHIVE, CIFAR100_ARCHIVE, CIFAR_MD5, Dataset, load_cifar, load_digits, load_imagefolder,
-    make_synthetic, save_dataset, verify_md5,
-)
+from kdlib.data.dataset import Dataset, save_dataset
+from kdlib.data.sources.base import source_class
 from tasks import common
 
 STEP = "prepare_data"
-CODE = ("tasks/prepare_data.py", "kdlib/data.py")
 DATASET = "dataset.pt"
 SOURCE_DIGESTS = ".source-digests.json"  # in the store: sha256 per data file, by (path, size, mtime)
 
@@ -30,39 +26,18 @@ def config_slice(cfg: StudyConfig) -> dict[str, Any]:
     return sliced
 
 
+def code_roots(cfg: StudyConfig) -> tuple[str, ...]:
+    """This step, the source base and the module of the source `data.source` names."""
+    return ("tasks.prepare_data", "kdlib.data.sources.base", source_class(cfg.data.source).__module__)
+
+
 def key(cfg: StudyConfig) -> str:
-    return common.cache_key(STEP, config_slice(cfg), [], CODE)
-
-
-def download(url: str, dest: Path) -> Path:
-    """Fetch an official archive once, to a temporary name, and keep it only if its MD5 is right."""
-    if dest.is_file():
-        verify_md5(dest, CIFAR_MD5[dest.name])
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.download")
-    print(f"prepare_data: downloading {url} -> {dest}")
-    urllib.request.urlretrieve(url, tmp)
-    try:
-        verify_md5(tmp, CIFAR_MD5[dest.name])
-    except ValueError:
-        tmp.unlink()
-        raise
-    tmp.replace(dest)
-    return dest
+    return common.cache_key(STEP, config_slice(cfg), [], code_roots(cfg))
 
 
 def build(cfg: StudyConfig) -> Dataset:
-    d = cfg.data
-    if d.source == "synthetic":
-        return make_synthetic(d.seed, d.train_per_class, d.test_per_class, d.image_size, difficulty=d.difficulty)
-    if d.source == "digits":
-        return load_digits(d.seed, d.test_fraction)
-    if d.source == "imagefolder":
-        return load_imagefolder(Path(d.path), d.image_size)
-    name = CIFAR100_ARCHIVE if d.source == "cifar100" else CIFAR10_ARCHIVE
-    archive = Path(d.path) if d.path else download(d.url, Path(d.root) / name)
-    return load_cifar(archive, d.source)
+    """The data set of the source `data.source` names (see `kdlib.data.sources`)."""
+    return source_class(cfg.data.source).build(cfg.data)
 
 
 def run(cfg: StudyConfig, out_dir: Path) -> common.Manifest:

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kdlib.config import StudyConfig
-from kdlib.methods import MAIN_TEACHER, build_method
+from kdlib.config import MAIN_TEACHER, StudyConfig
+from kdlib.methods.base import build_method
 from tasks.common import Manifest
 
 
@@ -65,7 +65,7 @@ def _log_history(client: Any, run_id: str, history: list[dict[str, float]]) -> N
 def _teacher_param(cfg: StudyConfig, method: str) -> dict[str, str]:
     """`settings.teacher` of a one-teacher method entry: the setting is left out of settings
     dumps (the student's key holds the chosen cache instead), so it is logged here."""
-    names = build_method(method, cfg.methods.get(method)).teacher_names()
+    names = build_method(method, cfg.method_settings(method)).teacher_names()
     return {"settings.teacher": names[0]} if len(names) == 1 else {}
 
 

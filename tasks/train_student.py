@@ -17,33 +17,27 @@ import torch
 
 from kdlib import artifacts, distributed
 from kdlib.config import StudyConfig
-from kdlib.data import load_dataset
+from kdlib.data.dataset import load_dataset
 from kdlib.diagnostics import Probe
 from kdlib.logit_cache import LogitCache
-from kdlib.methods import METHODS, build_method
+from kdlib.methods.base import build_method, method_class
 from kdlib.metrics import topk_accuracy
 from kdlib.models import build_model
 from kdlib.train import NonFiniteLossError, Speed, fit, predict, resolve_device
 from tasks import common
 
 STEP = "train_student"
-CODE = (
-    "tasks/train_student.py", "kdlib/train.py", "kdlib/models.py", "kdlib/methods.py",
-    "kdlib/kernels/__init__.py", "kdlib/kernels/utils.py", "kdlib/kernels/kd.py", "kdlib/kernels/binary_kl.py",
-    "kdlib/kernels/dkd.py", "kdlib/kernels/sparse_kd.py", "kdlib/kernels/fused_linear_kd.py",
-    "kdlib/losses.py", "kdlib/data.py", "kdlib/logit_cache.py", "kdlib/metrics.py", "kdlib/diagnostics.py",
-)
 MODEL, HISTORY, FAILURE = "model.pt", "history.json", "failure.json"
 
 
 def trains_online_teacher(cfg: StudyConfig, method: str) -> bool:
     """True when the method entry trains its own teacher and reads no logit cache."""
-    return METHODS[cfg.method_settings(method).method].online_teacher
+    return method_class(cfg.method_settings(method).method).online_teacher
 
 
 def reads_cache(cfg: StudyConfig, method: str) -> bool:
     """True when the method entry's student reads a teacher's logit cache while training."""
-    return METHODS[cfg.method_settings(method).method].needs_teacher
+    return method_class(cfg.method_settings(method).method).needs_teacher
 
 
 def config_slice(cfg: StudyConfig, method: str, seed: int) -> dict:
@@ -73,14 +67,20 @@ def cache_list(logits: Caches) -> list[common.Manifest]:
 def student_teachers(cfg: StudyConfig, method: str) -> list[str]:
     """Names of the teachers whose caches a method entry's student takes: the ones it reads
     (`Method.teacher_names`); none for a method that reads no cache (`reads_cache`)."""
-    return build_method(method, cfg.methods.get(method)).teacher_names()
+    return build_method(method, cfg.method_settings(method)).teacher_names()
+
+
+def code_roots(cfg: StudyConfig, method: str) -> tuple[str, ...]:
+    """The modules a student of `method` runs: this step, the method base and the module
+    that defines the entry's method (the losses and kernels it imports follow from it)."""
+    return ("tasks.train_student", "kdlib.methods.base", method_class(cfg.method_settings(method).method).__module__)
 
 
 def key(cfg: StudyConfig, method: str, seed: int, data: common.Manifest, logits: Caches) -> str:
     """The student's cache key: the caches it reads are inputs; any given to a method that
     reads none are ignored, so changing the teacher does not retrain it."""
     inputs = [data, *cache_list(logits)] if reads_cache(cfg, method) else [data]
-    return common.cache_key(STEP, config_slice(cfg, method, seed), inputs, CODE)
+    return common.cache_key(STEP, config_slice(cfg, method, seed), inputs, code_roots(cfg, method))
 
 
 def teacher_views(caches: list[LogitCache], fields: tuple[str, ...], augment_seed: int) -> Any:
@@ -101,7 +101,7 @@ def load_student(cfg: StudyConfig, data: common.Manifest, student: common.Manife
 
 def run(cfg: StudyConfig, method: str, seed: int, data: common.Manifest, logits: Caches, out_dir: Path) -> common.Manifest:
     """Train one student from the caches of `student_teachers(cfg, method)` (`Caches`)."""
-    spec = build_method(method, cfg.methods.get(method))
+    spec = build_method(method, cfg.method_settings(method))
     spec.use_kernels(cfg.runtime.kernels, resolve_device(cfg.runtime.device))
     if logits is None and spec.needs_teacher:
         raise ValueError(f"train_student {method!r}: no cache_logits manifest given; only a method that reads no cache runs without one")
@@ -162,6 +162,7 @@ def run(cfg: StudyConfig, method: str, seed: int, data: common.Manifest, logits:
                 meta["online_teacher_top1"] = top1
             artifacts.save_tensors(Path(out_dir) / MODEL, spec.exported(model).cpu().state_dict())
             artifacts.write_json(Path(out_dir) / HISTORY, result.history)
+            common.write_timings(out_dir, result.timings)
             meta.update(best_epoch=result.best_epoch, best_top1=result.best_top1)
         manifest = artifacts.write_manifest(out_dir, STEP, k, meta)
         checkpoint.unlink(missing_ok=True)

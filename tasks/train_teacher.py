@@ -12,19 +12,16 @@ from typing import Any
 import torch
 
 from kdlib import artifacts
-from kdlib.config import StudyConfig, TeacherConfig
-from kdlib.data import Dataset, load_dataset
-from kdlib.methods import MAIN_TEACHER, build_method
+from kdlib.config import MAIN_TEACHER, StudyConfig, TeacherConfig
+from kdlib.data.dataset import Dataset, load_dataset
 from kdlib.metrics import evaluate_logits
 from kdlib.models import build_model
+from kdlib.objective import CrossEntropy
 from kdlib.train import FitResult, Speed, fit, predict, resolve_device
 from tasks import common
 
 STEP = "train_teacher"
-CODE = (
-    "tasks/train_teacher.py", "kdlib/train.py", "kdlib/models.py", "kdlib/methods.py",
-    "kdlib/losses.py", "kdlib/data.py", "kdlib/metrics.py",
-)
+CODE_ROOTS = ("tasks.train_teacher",)
 MODEL, HISTORY = "model.pt", "history.json"
 
 
@@ -38,7 +35,7 @@ def config_slice(cfg: StudyConfig, name: str = MAIN_TEACHER) -> dict:
 
 
 def key(cfg: StudyConfig, data: common.Manifest, name: str = MAIN_TEACHER) -> str:
-    return common.cache_key(STEP, config_slice(cfg, name), [data], CODE)
+    return common.cache_key(STEP, config_slice(cfg, name), [data], CODE_ROOTS)
 
 
 def load_teacher(cfg: StudyConfig, data: common.Manifest, teacher: common.Manifest) -> torch.nn.Module:
@@ -58,7 +55,7 @@ def run(cfg: StudyConfig, data: common.Manifest, out_dir: Path, name: str = MAIN
     model = build_model(tc.arch, ds.num_classes, ds.num_channels, ds.image_size)
     with artifacts.exclusive(checkpoint.with_suffix(".lock")):
         result = fit(
-            model, build_method("ce"), ds, tc.schedule, tc.seed,
+            model, CrossEntropy(), ds, tc.schedule, tc.seed,
             # the teacher's own views come from its seed; the students replay augment.seed
             cfg.augment.model_copy(update={"seed": tc.seed}),
             device=resolve_device(cfg.runtime.device), label=f"{name} {tc.arch}", checkpoint=checkpoint,
@@ -79,6 +76,7 @@ def write_teacher(
     metrics = evaluate_logits(predict(model, ds.x_test, ds), ds.y_test, ece_bins=cfg.evaluation.ece_bins)
     artifacts.save_tensors(Path(out_dir) / MODEL, model.state_dict())
     artifacts.write_json(Path(out_dir) / HISTORY, result.history)
+    common.write_timings(out_dir, result.timings)
     meta = {**meta, "best_epoch": result.best_epoch, "best_top1": result.best_top1, "test": metrics}
     return artifacts.write_manifest(out_dir, step, k, meta)
 

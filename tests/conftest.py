@@ -26,7 +26,7 @@ def _one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_ds():
-    from kdlib.data import make_synthetic
+    from kdlib.data.sources.synthetic import make_synthetic
 
     return make_synthetic(seed=0, num_train_per_class=4, num_test_per_class=2, image_size=8, num_classes=10, num_superclasses=2)
 

@@ -22,6 +22,8 @@ def make_project(dest: Path, study: dict) -> Path:
     for name in ("kdlib", "tasks", "flows", "studies"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", dest / "dvc.yaml")
+    shutil.copy(ROOT / ".dvcignore", dest / ".dvcignore")
+    (dest / ".venv").symlink_to(sys.prefix)  # dvc.yaml's stages run .venv/bin/python
     (dest / "params.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
     (dest / ".kdflow" / "prefect").mkdir(parents=True)
     (dest / "data").mkdir()  # the prepare_data stage depends on data/ (git keeps its README)
@@ -36,7 +38,8 @@ def project_env(dest: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         PATH=f"{BIN}:{env.get('PATH', '')}",
-        PYTHONPATH=str(dest),
+        # the copy's code first; the suite's own helpers (tests.project) after it, for the scripts
+        PYTHONPATH=os.pathsep.join([str(dest), str(ROOT)]),
         PREFECT_HOME=str(dest / ".kdflow" / "prefect"),
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90",
         DO_NOT_TRACK="true",
@@ -97,3 +100,21 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+async def study_task_runs(flow_run_id) -> list:
+    """Every task run of a `kd-pipeline` flow run: those of its `kd-study` subflow."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+
+    async with get_client() as client:
+        subflows = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
+        )
+        ids = [run.id for run in subflows]
+        return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+
+
+async def task_states(flow_run_id) -> list[tuple[str, str]]:
+    """(name, state) of every task run of a `kd-pipeline` flow run (`study_task_runs`), sorted."""
+    return sorted((run.name, run.state.name) for run in await study_task_runs(flow_run_id))

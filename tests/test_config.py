@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from kdlib.config import ConfigError, deep_merge, load_config, parse_config
-from kdlib.methods import KDSettings
+from kdlib.methods.kd import KDSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 

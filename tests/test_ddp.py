@@ -112,7 +112,7 @@ def test_speed_on_cpu_is_plain_fp32_and_compile_is_refused():
 
 def test_what_ddp_cannot_do_is_refused_before_training():
     from kdlib.config import ScheduleConfig
-    from kdlib.methods import build_method
+    from tests.helpers.methods import build
     from kdlib.models import build_model
     from kdlib.train import _check_ddp
 
@@ -120,14 +120,14 @@ def test_what_ddp_cannot_do_is_refused_before_training():
     cpu = torch.device("cpu")
     logged = []
     with pytest.raises(ValueError, match="schedule.batch_size 63 must be a multiple of the 2 DDP ranks"):
-        _check_ddp(mlp, build_method("kd"), ScheduleConfig(epochs=1, batch_size=63), 2, cpu, logged.append, "s")
+        _check_ddp(mlp, build("kd"), ScheduleConfig(epochs=1, batch_size=63), 2, cpu, logged.append, "s")
     with pytest.raises(ValueError, match="runtime.ddp: method 'dhkd' computes its own gradients"):
-        _check_ddp(mlp, build_method("dhkd", {"grad_align": True}), ScheduleConfig(epochs=1, batch_size=64), 2, cpu,
+        _check_ddp(mlp, build("dhkd", {"grad_align": True}), ScheduleConfig(epochs=1, batch_size=64), 2, cpu,
                    logged.append, "s")
-    _check_ddp(mlp, build_method("dhkd"), ScheduleConfig(epochs=1, batch_size=64), 2, cpu, logged.append, "s")
-    _check_ddp(mlp, build_method("kd"), ScheduleConfig(epochs=1, batch_size=64), 2, cpu, logged.append, "s")
+    _check_ddp(mlp, build("dhkd"), ScheduleConfig(epochs=1, batch_size=64), 2, cpu, logged.append, "s")
+    _check_ddp(mlp, build("kd"), ScheduleConfig(epochs=1, batch_size=64), 2, cpu, logged.append, "s")
     assert logged == []
     # a batch-norm student on CPU trains with per-shard statistics, and the log says so
-    _check_ddp(build_model("resnet8", 10, 1, 8), build_method("kd"), ScheduleConfig(epochs=1, batch_size=64), 2, cpu,
+    _check_ddp(build_model("resnet8", 10, 1, 8), build("kd"), ScheduleConfig(epochs=1, batch_size=64), 2, cpu,
                logged.append, "s")
     assert logged == ["s DDP on cpu: batch norm uses each rank's shard statistics (SyncBatchNorm needs CUDA)"]

@@ -49,7 +49,9 @@ def deployment_run(dest, env, *args: str) -> str:
 
 
 def task_states(base: str, flow_run_id: str) -> dict[str, str]:
-    runs = api(base, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+    """Task runs of the flow run's `kd-study` subflow, where the study's tasks run."""
+    subflows = api(base, "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}}})
+    runs = api(base, "/task_runs/filter", {"flow_runs": {"id": {"any_": [r["id"] for r in subflows]}}})
     return {r["name"]: r["state"]["name"] for r in runs}
 
 

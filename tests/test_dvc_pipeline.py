@@ -9,7 +9,7 @@ import yaml
 
 from kdlib import artifacts
 from tests.conftest import TINY_STUDY
-from tests.test_data_sources import cifar100_members, write_tar
+from tests.helpers.data import cifar100_members, write_tar
 from tests.project import BIN, make_project, project_env, ran_stages, run
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,7 @@ def project(tmp_path_factory):
 def test_first_repro_runs_every_stage(project):
     dest, env, output = project
     assert ran_stages(output) == {
-        "prepare_data", "train_teacher", "cache_logits",
+        "check_study", "prepare_data", "train_teacher", "cache_logits",
         "train_student@ce-0", "train_student@kd-0", "evaluate@ce-0", "evaluate@kd-0", "aggregate",
     }
     summary = json.loads((dest / "results/summary.json").read_text())
@@ -74,6 +74,46 @@ def test_changing_one_method_reruns_only_its_students_and_the_aggregate(project)
     output = run([str(BIN / "dvc"), "repro"], dest, env).stdout
     assert "train_student@kd-0" not in ran_stages(output)
     assert model.read_bytes() == before
+
+
+def test_editing_one_method_module_reruns_only_its_students(project):
+    dest, env, _ = project
+    module = dest / "kdlib/methods/kd.py"
+    source = module.read_text()
+    module.write_text(source + "\n# an edit\n")
+    status = run([str(BIN / "dvc"), "status"], dest, env).stdout
+    assert "check_study" in status and "train_teacher" not in status and "train_student@ce-0" not in status
+    output = run([str(BIN / "dvc"), "repro"], dest, env).stdout
+    ran = ran_stages(output)
+    assert {"check_study", "train_student@kd-0"} <= ran <= {"check_study", "train_student@kd-0", "evaluate@kd-0", "aggregate"}
+    module.write_text(source)
+    output = run([str(BIN / "dvc"), "repro"], dest, env).stdout
+    assert "train_student@kd-0" not in ran_stages(output)  # DVC's run-cache brings the earlier student back
+
+
+def test_a_forced_teacher_rerun_writes_the_same_bytes(project):
+    dest, env, _ = project
+    run([str(BIN / "dvc"), "repro", "-f", "-s", "train_teacher"], dest, env)
+    assert "up to date" in run([str(BIN / "dvc"), "status"], dest, env).stdout
+
+
+def test_an_unknown_top_level_key_stops_before_any_stage_and_keeps_results(project):
+    dest, env, _ = project
+    params = dest / "params.yaml"
+    good = params.read_text()
+    results = {p: p.read_bytes() for p in (dest / "results").rglob("*") if p.is_file()}
+    params.write_text(good + "optimiser: adam\n")
+    try:
+        first = subprocess.run([str(BIN / "python"), "-m", "tasks.check_study", "--validate-only"],
+                               cwd=dest, env=env, capture_output=True, text=True)
+        assert first.returncode == 2 and "optimiser: unknown key" in first.stderr
+        assert "Traceback" not in first.stderr
+        bare = subprocess.run([str(BIN / "dvc"), "repro"], cwd=dest, env=env, capture_output=True, text=True)
+        assert bare.returncode != 0 and "optimiser: unknown key" in bare.stdout + bare.stderr
+        assert ran_stages(bare.stdout) == {"check_study"}
+        assert {p: p.read_bytes() for p in (dest / "results").rglob("*") if p.is_file()} == results
+    finally:
+        params.write_text(good)
 
 
 def test_bad_params_stop_before_anything_runs(project, tmp_path):

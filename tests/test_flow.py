@@ -12,14 +12,8 @@ pytestmark = pytest.mark.slow
 # and prints each run's task states.
 SCRIPT = """
 import asyncio, json
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from flows.pipeline import kd_pipeline
-
-async def task_states(flow_run_id):
-    async with get_client() as client:
-        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return sorted((r.name, r.state.name) for r in runs)
+from tests.project import task_states
 
 out = []
 for kwargs in ({}, {}, {"overrides": {"methods": {"kd": {"temperature": 2.0}}}}, {}):
@@ -97,6 +91,36 @@ def test_damaged_store_artifacts_are_rebuilt_and_nothing_else(runs):
     teacher = next(name for name in states if name.startswith("train_teacher"))
     assert states[teacher] == states["train_student[ce, seed 0]"] == "Completed", states
     assert damaged["restored"] == [True, True]  # CPU training is deterministic: the same weights, the same bytes
-    # history.json records each epoch's seconds, so the rebuilt teacher's manifest differs and
-    # cache_logits runs again; its logits are the same bytes, so the intact student stays cached
-    assert states["prepare_data"] == states["train_student[kd, seed 0]"] == states["evaluate[kd, seed 0]"] == "Cached", states
+    # the rebuilt teacher is the same bytes (no wall-clock time in its files): everything below it stays cached
+    assert {name for name, state in states.items() if state != "Cached"} == {teacher, "train_student[ce, seed 0]", "evaluate[ce, seed 0]", "aggregate"}, states
+
+
+# After `runs`: one comment appended to KD's module, then one to the training loop, a flow run after each.
+EDITS = """
+import asyncio, json, pathlib
+from flows.pipeline import kd_pipeline
+from tests.project import task_states
+
+out = []
+for module in ("kdlib/methods/kd.py", "kdlib/train.py"):
+    path = pathlib.Path(module)
+    path.write_text(path.read_text() + "\\n# an edit\\n")
+    state = kd_pipeline(params_path="params.yaml", return_state=True)
+    out.append(dict(asyncio.run(task_states(state.state_details.flow_run_id))))
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_code_edits_recompute_only_the_steps_that_run_the_edited_code(runs):
+    dest, _ = runs
+    result = run([str(BIN / "python"), "-c", EDITS], dest, project_env(dest), timeout=300)
+    method_edit, loop_edit = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("RESULT"))[6:])
+    # the kd student retrains; it comes out the same bytes, so its evaluation's inputs (file
+    # hashes) are unchanged and the rest may stay cached
+    computed = {name for name, state in method_edit.items() if state != "Cached"}
+    assert "train_student[kd, seed 0]" in computed, method_edit
+    assert computed <= {"train_student[kd, seed 0]", "evaluate[kd, seed 0]", "aggregate"}, method_edit
+    # the training loop runs in the teacher and every student: all of them retrain; the data does not
+    computed = {name for name, state in loop_edit.items() if state != "Cached"}
+    assert {"train_teacher", "train_student[ce, seed 0]", "train_student[kd, seed 0]"} <= computed, loop_edit
+    assert loop_edit["prepare_data"] == "Cached"

@@ -5,7 +5,7 @@ import torch
 from kdlib import artifacts
 from kdlib.config import AugmentConfig, ScheduleConfig
 from kdlib.logit_cache import LogitCache, compute_cache, teacher_view_logits, write_cache
-from kdlib.methods import build_method
+from tests.helpers.methods import build
 from kdlib.models import build_model
 from kdlib.train import fit
 
@@ -32,7 +32,7 @@ def test_cache_replays_live_teacher_views(tiny_ds, tmp_path):
         return loaded.views(epoch, idx)
 
     schedule = ScheduleConfig(epochs=3, batch_size=8, lr=0.01)
-    fit(build_model("mlp", tiny_ds.num_classes, 3, 8), build_method("kd"), tiny_ds, schedule, 4, aug,
+    fit(build_model("mlp", tiny_ds.num_classes, 3, 8), build("kd"), tiny_ds, schedule, 4, aug,
         teacher_views=from_cache, log=lambda _: None)
     assert len(asked) == 3 * (len(tiny_ds.x_train) // 8)
     for epoch, idx in asked:

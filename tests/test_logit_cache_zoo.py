@@ -7,11 +7,12 @@ import torch
 
 from kdlib import artifacts
 from kdlib.config import AugmentConfig, ConfigError, ScheduleConfig, parse_config
-from kdlib.data import augment, to_float, view_seeds
+from kdlib.data.augment import augment, view_seeds
+from kdlib.data.dataset import to_float
 from kdlib.logit_cache import (
     FEATURES, SPARSE, VIEWS, LogitCache, TeacherBatch, class_means, compute_cache, topk_index_dtype, write_cache,
 )
-from kdlib.methods import build_method
+from tests.helpers.methods import build
 from kdlib.models import build_model
 from kdlib.train import fit
 from tests.conftest import ROOT, TINY_STUDY
@@ -93,7 +94,7 @@ def test_student_sees_what_the_live_teacher_gives(tiny_ds, written, name):
     """Record every batch a student reads during real training; compare with the live teacher."""
     teacher, _, out = written
     loaded = LogitCache(out)
-    method = build_method(name)
+    method = build(name)
     read = loaded.reader(method.cached, augment_seed=AUG.seed)
     asked = []
 
@@ -137,7 +138,7 @@ def test_sparse_student_trains_without_the_dense_cache(tiny_ds, written, tmp_pat
     read = loaded.reader(("topk_probs", "topk_indices"), augment_seed=AUG.seed)
     (out / VIEWS).rename(tmp_path / VIEWS)  # the dense file is gone: the sparse student must not need it
     try:
-        method = build_method("sparse_kd")
+        method = build("sparse_kd")
         fit(build_model("mlp", tiny_ds.num_classes, 3, 8), method, tiny_ds, ScheduleConfig(epochs=2, batch_size=8, lr=0.01),
             0, AUG, teacher_views=read, log=lambda _: None)
     finally:
@@ -175,7 +176,7 @@ def test_old_cache_without_features_or_sparse_gives_clear_errors(tiny_ds, tmp_pa
     cache = LogitCache(tmp_path)
     cache.views(0, torch.arange(3))  # logit-only methods still read it
     with pytest.raises(ValueError, match="holds no teacher features .* re-run cache_logits for kd\\+\\+"):
-        cache.reader(build_method("kd++").cached)
+        cache.reader(build("kd++").cached)
 
 
 def test_topk_beyond_the_class_count_is_an_error(tiny_ds):
@@ -199,7 +200,7 @@ def test_config_needs_topk_for_a_sparse_method():
 def test_both_front_doors_key_the_cache_on_topk():
     import yaml
 
-    from tasks import cache_logits
+    from tasks import cache_logits, check_study
 
     raw = copy.deepcopy(TINY_STUDY)
     data = {"files": {"dataset.pt": "d"}}
@@ -209,5 +210,7 @@ def test_both_front_doors_key_the_cache_on_topk():
         raw["logits"]["topk"] = topk
         keys.add(cache_logits.key(parse_config(raw), data, teacher))
     assert len(keys) == 3
+    # DVC: the stage reads check_study's file for it, which holds the logits settings
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["cache_logits"]
-    assert "logits" in stage["params"] or "logits.topk" in stage["params"]
+    assert "artifacts/study/cache_logits.json" in stage["deps"]
+    assert check_study.stage_files(parse_config(raw))["cache_logits.json"]["config"]["logits"]["topk"] == 5

@@ -5,7 +5,7 @@ import pytest
 
 from kdlib import artifacts
 from kdlib.config import parse_config
-from kdlib.methods import METHODS
+from kdlib.methods.base import method_names
 from tasks import cache_logits, evaluate, prepare_data, train_student, train_teacher
 from tests.conftest import TINY_STUDY
 
@@ -14,7 +14,7 @@ from tests.conftest import TINY_STUDY
 def upstream(tmp_path_factory):
     root = tmp_path_factory.mktemp("methods")
     raw = copy.deepcopy(TINY_STUDY)
-    raw["students"]["methods"] = list(METHODS)
+    raw["students"]["methods"] = method_names()
     raw["students"]["schedule"]["epochs"] = 1
     # multi_teacher_kd reads the teacher and a second one, trained and cached like it
     raw["teachers"] = {"second": {"arch": "mlp", "seed": 1, "schedule": {"epochs": 1, "batch_size": 128, "lr": 0.05}}}
@@ -28,7 +28,7 @@ def upstream(tmp_path_factory):
     return cfg, data, caches, root
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", method_names())
 def test_method_trains_and_evaluates(upstream, method):
     cfg, data, caches, root = upstream
     names = train_student.student_teachers(cfg, method) or ["teacher"]

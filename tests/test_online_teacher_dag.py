@@ -15,13 +15,11 @@ pytestmark = pytest.mark.slow
 # Runs the flow once and prints, per task run, the names of the task runs it took inputs from.
 SCRIPT = """
 import asyncio, json, sys
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from flows.pipeline import kd_pipeline
+from tests.project import study_task_runs
 
 async def upstream(flow_run_id):
-    async with get_client() as client:
-        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    runs = await study_task_runs(flow_run_id)
     names = {r.id: r.name for r in runs}
     return {
         r.name: sorted({names[i.id] for inputs in r.task_inputs.values() for i in inputs if getattr(i, "input_type", "") == "task_run"})

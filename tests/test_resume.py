@@ -12,8 +12,8 @@ SCRIPT = """
 import sys, torch
 from pathlib import Path
 from kdlib.config import AugmentConfig, ScheduleConfig
-from kdlib.data import make_synthetic
-from kdlib.methods import build_method
+from kdlib.data.sources.synthetic import make_synthetic
+from kdlib.methods.base import build_method, validate_method_entry
 from kdlib.models import build_model
 from kdlib.train import fit
 
@@ -22,7 +22,7 @@ checkpoint, out = (Path(a) if a != "-" else None for a in sys.argv[1:3])
 ds = make_synthetic(seed=0, num_train_per_class=30, num_test_per_class=2, image_size=8, num_classes=10, num_superclasses=2)
 teacher = torch.randn(len(ds.x_train), 10, generator=torch.Generator().manual_seed(1))
 torch.manual_seed(0)
-method = build_method("dhkd", {"aux_head": "mlp"})  # dropout: the RNG state must be restored too
+method = build_method("dhkd", validate_method_entry("dhkd", {"aux_head": "mlp"}))  # dropout: the RNG state must be restored too
 model = method.build(build_model("resnet8", 10, 3, 8))
 result = fit(model, method, ds, ScheduleConfig(epochs=12, batch_size=16, lr=0.05, warmup_epochs=1), 3,
              AugmentConfig(padding=1, flip=True, seed=2), teacher_views=lambda e, idx: teacher[idx],

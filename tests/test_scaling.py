@@ -14,14 +14,8 @@ from tests.project import BIN, make_project, project_env, run
 # Both runners in one process (one temporary Prefect server), each on its own store.
 SCRIPT = """
 import asyncio, json, sys
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from flows.pipeline import kd_pipeline
-
-async def task_states(flow_run_id):
-    async with get_client() as client:
-        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return sorted((r.name, r.state.name) for r in runs)
+from tests.project import task_states
 
 out = {}
 for runner, store, extra in (("thread", "store_thread", {}), ("dask", "file://STORE_DASK", {"max_parallel_students": 2})):
@@ -147,7 +141,7 @@ def test_a_tracking_server_keeps_its_own_artifact_location(uri, local):
 def fit_tiny(tiny_ds, speed):
     """One epoch of KD for resnet8 on the tiny data set from fixed teacher logits, with `speed`."""
     from kdlib.config import AugmentConfig, ScheduleConfig
-    from kdlib.methods import build_method
+    from tests.helpers.methods import build
     from kdlib.models import build_model
     from kdlib.train import fit
 
@@ -155,7 +149,7 @@ def fit_tiny(tiny_ds, speed):
     model = build_model("resnet8", tiny_ds.num_classes, tiny_ds.num_channels, tiny_ds.image_size)
     teacher = torch.randn(len(tiny_ds.x_train), tiny_ds.num_classes, generator=torch.Generator().manual_seed(1))
     result = fit(
-        model, build_method("kd"), tiny_ds, ScheduleConfig(epochs=1, batch_size=16, lr=0.05), 0, AugmentConfig(),
+        model, build("kd"), tiny_ds, ScheduleConfig(epochs=1, batch_size=16, lr=0.05), 0, AugmentConfig(),
         teacher_views=lambda epoch, idx: teacher[idx], log=lambda _: None, speed=speed,
     )
     return model, result.history[0]

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from kdlib import losses
 from kdlib.config import ConfigError, parse_config
+from kdlib.losses import multi_teacher_kd
 from kdlib.mcmi import FinetuneSettings, MCMIFinetune, class_centroids
-from kdlib.methods import build_method
 from tests.conftest import TINY_STUDY
+from tests.helpers.methods import build
 
 
 class FixedLogits(torch.nn.Module):
@@ -42,7 +42,7 @@ def test_mcmi_objective_value_and_gradient_by_hand():
     z = [[0.0, math.log(3)], [0.0, 0.0]]
     target = torch.tensor([1, 1])
     lam = -0.25
-    method = MCMIFinetune(FinetuneSettings(method="mcmi_finetune", lam=lam), ds=None)
+    method = MCMIFinetune(FinetuneSettings(lam=lam), ds=None)
     method.centroids = torch.tensor([[0.5, 0.5], [0.375, 0.625]], dtype=torch.float64)
     model = FixedLogits(z)
     _, terms = method.forward_train(model, None, target, None, epoch=0)
@@ -62,7 +62,7 @@ def test_mcmi_objective_value_and_gradient_by_hand():
 
 
 def test_mcmi_none_is_plain_ce():
-    method = MCMIFinetune(FinetuneSettings(method="mcmi_finetune", regularizer="none"), ds=None)
+    method = MCMIFinetune(FinetuneSettings(regularizer="none"), ds=None)
     _, terms = method.forward_train(FixedLogits([[1.0, 2.0, 0.0]]), None, torch.tensor([2]), None, 0)
     assert set(terms) == {"ce"}
 
@@ -73,7 +73,7 @@ def test_start_epoch_refreshes_the_centroids_from_the_current_model(tiny_ds):
 
     torch.manual_seed(0)
     model = build_model("mlp", tiny_ds.num_classes, tiny_ds.num_channels, tiny_ds.image_size)
-    method = MCMIFinetune(FinetuneSettings(method="mcmi_finetune"), tiny_ds)
+    method = MCMIFinetune(FinetuneSettings(), tiny_ds)
     method.start_epoch(model, 0)
     probs = torch.softmax(predict(model, tiny_ds.x_train, tiny_ds).double(), 1)
     for c in range(tiny_ds.num_classes):
@@ -93,20 +93,20 @@ def binary_teacher(a, n=3):
 def test_entropy_balance_by_hand():
     # binary entropy depends on |a| / T only, so teacher [0, 4] reaches the entropy of
     # [0, 2] at T = 1 exactly at T = 2; the softest teacher keeps the base temperature
-    taus = losses.entropy_balanced_temperatures(torch.stack([binary_teacher(4.0), binary_teacher(2.0)]), 1.0, 10.0)
+    taus = multi_teacher_kd.entropy_balanced_temperatures(torch.stack([binary_teacher(4.0), binary_teacher(2.0)]), 1.0, 10.0)
     assert taus.tolist() == pytest.approx([2.0, 1.0], abs=1e-9)
     # base 1.5: [0, 3] matches [0, 1.5]/1.5 at T = 3
-    taus = losses.entropy_balanced_temperatures(torch.stack([binary_teacher(1.5), binary_teacher(3.0)]), 1.5, 10.0)
+    taus = multi_teacher_kd.entropy_balanced_temperatures(torch.stack([binary_teacher(1.5), binary_teacher(3.0)]), 1.5, 10.0)
     assert taus.tolist() == pytest.approx([1.5, 3.0], abs=1e-9)
     # out of reach: [0, 40] would need T = 20; it stops at max_temperature
-    taus = losses.entropy_balanced_temperatures(torch.stack([binary_teacher(40.0), binary_teacher(2.0)]), 1.0, 10.0)
+    taus = multi_teacher_kd.entropy_balanced_temperatures(torch.stack([binary_teacher(40.0), binary_teacher(2.0)]), 1.0, 10.0)
     assert taus.tolist() == pytest.approx([10.0, 1.0], abs=1e-9)
 
 
 def test_entropy_balance_equalises_mean_entropy():
     torch.manual_seed(0)
     teachers = torch.randn(3, 16, 10, dtype=torch.float64) * torch.tensor([1.0, 3.0, 6.0]).view(3, 1, 1)
-    taus = losses.entropy_balanced_temperatures(teachers, 1.0, 10.0)
+    taus = multi_teacher_kd.entropy_balanced_temperatures(teachers, 1.0, 10.0)
 
     def entropy(t, tau):  # numpy, independent of the code under test
         z = t.numpy() / tau
@@ -123,7 +123,7 @@ def test_multi_teacher_kd_loss_value_and_gradient_by_hand():
     s = torch.tensor([[0.0, 0.0]], dtype=torch.float64, requires_grad=True)  # student softmax [1/2, 1/2]
     teachers = torch.stack([binary_teacher(math.log(3), 1), binary_teacher(2 * math.log(4), 1)])
     taus = torch.tensor([1.0, 2.0], dtype=torch.float64)  # targets [1/4, 3/4] and [1/5, 4/5]
-    loss = losses.multi_teacher_kd_loss(s, teachers, taus)
+    loss = multi_teacher_kd.multi_teacher_kd_loss(s, teachers, taus)
     p1, p2 = np.array([0.25, 0.75]), np.array([0.2, 0.8])
     kl = lambda p: float((p * np.log(p / 0.5)).sum())  # noqa: E731
     assert loss.item() == pytest.approx((kl(p1) + kl(p2)) / 2, rel=1e-12)
@@ -133,7 +133,7 @@ def test_multi_teacher_kd_loss_value_and_gradient_by_hand():
 
 
 def test_multi_teacher_kd_method_terms():
-    method = build_method("mt", {"method": "multi_teacher_kd", "teachers": ["teacher", "other"]})
+    method = build("mt", {"method": "multi_teacher_kd", "teachers": ["teacher", "other"]})
     assert method.teacher_names() == ["teacher", "other"]
     teachers = torch.stack([binary_teacher(4.0, 2), binary_teacher(2.0, 2)]).float()
     model = FixedLogits([[0.5, -0.5], [0.0, 1.0]])
@@ -141,7 +141,7 @@ def test_multi_teacher_kd_method_terms():
     taus = torch.tensor([2.0, 1.0], dtype=torch.float64)
     ce = torch.nn.functional.cross_entropy(model.z, torch.tensor([0, 1]))
     assert terms["ce"].item() == pytest.approx(0.1 * ce.item(), rel=1e-9)
-    expected = 0.9 * losses.multi_teacher_kd_loss(model.z, teachers.double(), taus)
+    expected = 0.9 * multi_teacher_kd.multi_teacher_kd_loss(model.z, teachers.double(), taus)
     assert terms["kd"].item() == pytest.approx(expected.item(), rel=1e-6)
 
 
@@ -246,25 +246,25 @@ def test_multi_teacher_kd_loss_gradcheck_and_large_logits():
     teachers = torch.randn(2, 4, 5, dtype=torch.float64) * 3
     taus = torch.tensor([1.0, 2.5], dtype=torch.float64)
     s = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x: losses.multi_teacher_kd_loss(x, teachers, taus), (s,))
+    assert torch.autograd.gradcheck(lambda x: multi_teacher_kd.multi_teacher_kd_loss(x, teachers, taus), (s,))
     # |logit| = 100 in fp32: finite temperatures, loss and gradient
     big = torch.tensor([[100.0, -100.0, 0.0], [-100.0, 100.0, 50.0]])
     stack = torch.stack([big, -big])
-    taus = losses.entropy_balanced_temperatures(stack, 1.0, 10.0)
+    taus = multi_teacher_kd.entropy_balanced_temperatures(stack, 1.0, 10.0)
     assert torch.isfinite(taus).all() and (taus >= 1.0).all() and (taus <= 10.0).all()
     s = (big * 0.5).requires_grad_()
-    loss = losses.multi_teacher_kd_loss(s, stack, taus)
+    loss = multi_teacher_kd.multi_teacher_kd_loss(s, stack, taus)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
 
 
 def test_bad_teacher_stacks_are_refused():
     with pytest.raises(ValueError, match=r"teachers must be a floating-point tensor of shape \(K, N, C\)"):
-        losses.entropy_balanced_temperatures(torch.zeros(4, 3), 1.0, 10.0)
+        multi_teacher_kd.entropy_balanced_temperatures(torch.zeros(4, 3), 1.0, 10.0)
     with pytest.raises(ValueError, match=r"max_temperature \(0.5\) must be >= temperature \(1.0\)"):
-        losses.entropy_balanced_temperatures(torch.zeros(2, 4, 3), 1.0, 0.5)
+        multi_teacher_kd.entropy_balanced_temperatures(torch.zeros(2, 4, 3), 1.0, 0.5)
     with pytest.raises(ValueError, match="does not match student shape"):
-        losses.multi_teacher_kd_loss(torch.zeros(4, 3), torch.zeros(2, 4, 5), torch.ones(2))
+        multi_teacher_kd.multi_teacher_kd_loss(torch.zeros(4, 3), torch.zeros(2, 4, 5), torch.ones(2))
 
 
 def test_mlflow_shows_the_teacher_of_a_one_teacher_entry():
@@ -297,7 +297,7 @@ def test_mcmi_finetune_resumes_to_identical_weights(tiny_ds, tmp_path):
     def run(method_cls, checkpoint):
         torch.manual_seed(0)
         model = build_model("mlp", tiny_ds.num_classes, tiny_ds.num_channels, tiny_ds.image_size)
-        method = method_cls(FinetuneSettings(method="mcmi_finetune", lam=-0.5), tiny_ds)
+        method = method_cls(FinetuneSettings(lam=-0.5), tiny_ds)
         fit(model, method, tiny_ds, schedule, 0, AugmentConfig(), checkpoint=checkpoint, log=lambda _: None)
         return model.state_dict()
 

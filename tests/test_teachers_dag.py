@@ -11,7 +11,7 @@ import yaml
 from tests.conftest import ROOT, TINY_STUDY
 from tests.project import BIN, make_project, project_env, ran_stages, run
 
-TODAY = {"prepare_data", "train_teacher", "cache_logits", "train_student", "evaluate", "aggregate"}
+TODAY = {"check_study", "prepare_data", "train_teacher", "cache_logits", "train_student", "evaluate", "aggregate"}
 
 
 def teachers_study(tracking: bool = False):
@@ -59,7 +59,7 @@ def test_dvc_repro_with_an_extra_and_a_finetuned_teacher(tmp_path):
     env = project_env(dest)
     first = run([str(BIN / "dvc"), "repro"], dest, env, timeout=600).stdout
     assert ran_stages(first) == {
-        "prepare_data", "train_teacher", "cache_logits",
+        "check_study", "prepare_data", "train_teacher", "cache_logits",
         "train_extra_teacher@second", "finetune_teacher@teacher_mcmi",
         "cache_extra_logits@second", "cache_finetuned_logits@teacher_mcmi",
         "train_student@kd-0", "train_student@kd_mcmi-0", "train_student@mt-0",
@@ -108,14 +108,8 @@ def test_unknown_teacher_stops_the_stage_with_its_field(tmp_path):
 
 FLOW = """
 import asyncio, json
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from flows.pipeline import kd_pipeline
-
-async def task_states(flow_run_id):
-    async with get_client() as client:
-        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return sorted((r.name, r.state.name) for r in runs)
+from tests.project import task_states
 
 out = []
 for kwargs in ({}, {}, {"overrides": {"finetuned_teachers": {"teacher_mcmi": {"lam": -1.0}}}}):
@@ -154,18 +148,3 @@ def test_flow_trains_and_caches_every_teacher_once(tmp_path):
                 "teacher_mcmi": next(json.loads(p.read_text()) for p in store.glob("finetune_teacher/*/manifest.json")
                                      if json.loads(p.read_text())["key"] == rows["teacher_mcmi"]["key"])}
     assert_teacher_rows(summary, teachers, -0.5)
-
-
-@pytest.mark.parametrize(
-    "family, step",
-    [("train_extra_teacher", "train_teacher"), ("finetune_teacher", "finetune_teacher"),
-     ("cache_extra_logits", "cache_logits"), ("cache_finetuned_logits", "cache_logits")],
-)
-def test_teacher_families_depend_on_the_code_of_their_step(family, step):
-    """As test_layout for the fixed stages: the DVC deps and the Prefect key hash the same files."""
-    import importlib
-
-    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][family]["do"]
-    code = importlib.import_module(f"tasks.{step}").CODE
-    assert set(code) <= set(stage["deps"]), f"dvc.yaml {family} misses {set(code) - set(stage['deps'])}"
-    assert stage["cmd"] == f"python -m tasks.{step} --teacher ${{key}}"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kdlib.config import AugmentConfig, ScheduleConfig
-from kdlib.methods import build_method
+from tests.helpers.methods import build
 from kdlib.models import build_model
 from kdlib.train import NonFiniteLossError, epoch_order, fit, learning_rate
 
@@ -36,7 +36,7 @@ def test_epoch_order_is_a_function_of_seed_and_epoch():
 
 def train_once(ds, seed):
     torch.manual_seed(seed)
-    method = build_method("kd")
+    method = build("kd")
     model = method.build(build_model("resnet8", ds.num_classes, 3, 8))
     teacher = torch.randn(len(ds.x_train), ds.num_classes)
     result = fit(
@@ -61,7 +61,7 @@ def test_training_is_deterministic_given_the_seed(tiny_ds):
 
 
 def test_non_finite_loss_names_the_term_and_epoch(tiny_ds):
-    method = build_method("kd")
+    method = build("kd")
     model = build_model("mlp", tiny_ds.num_classes, 3, 8)
     nan = torch.full((len(tiny_ds.x_train), tiny_ds.num_classes), float("nan"))
     with pytest.raises(NonFiniteLossError, match=r"\['kd'\].*epoch 1"):
@@ -71,4 +71,4 @@ def test_non_finite_loss_names_the_term_and_epoch(tiny_ds):
 
 def test_method_needing_a_teacher_refuses_to_run_without(tiny_ds):
     with pytest.raises(ValueError, match="needs teacher logits"):
-        fit(build_model("mlp", 10, 3, 8), build_method("kd"), tiny_ds, ScheduleConfig(epochs=1), 0, AugmentConfig())
+        fit(build_model("mlp", 10, 3, 8), build("kd"), tiny_ds, ScheduleConfig(epochs=1), 0, AugmentConfig())

@@ -15,23 +15,12 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from kdlib import losses
+from kdlib.kernels.primitives import softplus
 from kdlib.kernels.utils import NUM_WARPS, acc_dtype, scale_grad, use_triton
+from kdlib.losses import binary_kl as reference
+from kdlib.losses.checks import check_pair, check_temperature, compute_dtype
 
 BLOCK = 4096
-
-
-@triton.jit
-def _log1p(u):
-    """log(1 + u) for u >= 0, exact to rounding also when 1 + u rounds to 1."""
-    w = 1.0 + u
-    d = w - 1.0
-    return tl.where(d == 0.0, u, tl.log(w) * (u / tl.where(d == 0.0, 1.0, d)))
-
-
-@triton.jit
-def softplus(x):
-    return tl.maximum(x, 0.0) + _log1p(tl.exp(-tl.abs(x)))
 
 
 @triton.jit
@@ -78,7 +67,7 @@ class _BinaryKLFunction(torch.autograd.Function):
         teacher_c = teacher.detach().contiguous()
         numel = student_c.numel()
         grid = triton.cdiv(numel, BLOCK)
-        partial = torch.empty(grid, dtype=losses._compute_dtype(student, teacher), device=student.device)
+        partial = torch.empty(grid, dtype=compute_dtype(student, teacher), device=student.device)
         write_grad = student.requires_grad
         grad = torch.empty_like(student_c) if write_grad else student_c
         # both gradients are T^2/N times d(elem)/ds: (p - q)/T, resp. tanh(x)/(2T)
@@ -98,20 +87,20 @@ class _BinaryKLFunction(torch.autograd.Function):
 
 
 def binary_kl_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float, backend: str = "auto") -> torch.Tensor:
-    """``kdlib.losses.binary_kl_loss`` in one Triton launch (gradient ``T/N (sigmoid(s/T) - sigmoid(t/T))``)."""
+    """``kdlib.losses.binary_kl.binary_kl_loss`` in one Triton launch (gradient ``T/N (sigmoid(s/T) - sigmoid(t/T))``)."""
     if not use_triton(backend, student.device):
-        return losses.binary_kl_loss(student, teacher, temperature)
-    losses._check_pair(student, teacher)
-    losses._check_temperature(temperature)
+        return reference.binary_kl_loss(student, teacher, temperature)
+    check_pair(student, teacher)
+    check_temperature(temperature)
     return _BinaryKLFunction.apply(student, teacher, temperature, False)
 
 
 def binary_kl_norm_loss(
     student: torch.Tensor, teacher: torch.Tensor, temperature: float, backend: str = "auto"
 ) -> torch.Tensor:
-    """``kdlib.losses.binary_kl_norm_loss`` in one Triton launch (gradient ``T/(2N) tanh((s-t)/2T)``)."""
+    """``kdlib.losses.binary_kl.binary_kl_norm_loss`` in one Triton launch (gradient ``T/(2N) tanh((s-t)/2T)``)."""
     if not use_triton(backend, student.device):
-        return losses.binary_kl_norm_loss(student, teacher, temperature)
-    losses._check_pair(student, teacher)
-    losses._check_temperature(temperature)
+        return reference.binary_kl_norm_loss(student, teacher, temperature)
+    check_pair(student, teacher)
+    check_temperature(temperature)
     return _BinaryKLFunction.apply(student, teacher, temperature, True)

@@ -17,10 +17,10 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from kdlib import losses
-from kdlib.kernels.binary_kl import softplus
-from kdlib.kernels.kd import online_lse
+from kdlib.kernels.primitives import online_lse, softplus
 from kdlib.kernels.utils import NUM_WARPS, acc_dtype, block_size, scale_grad, use_triton
+from kdlib.losses import dkd as reference
+from kdlib.losses.checks import check_min_classes, check_pair, check_target, check_temperature, compute_dtype
 
 
 @triton.jit
@@ -82,7 +82,7 @@ class _DKDFunction(torch.autograd.Function):
         temp = float(temperature)
         student_c = student.contiguous()
         teacher_c = teacher.detach().contiguous()
-        row_loss = torch.empty(n, dtype=losses._compute_dtype(student, teacher), device=student.device)
+        row_loss = torch.empty(n, dtype=compute_dtype(student, teacher), device=student.device)
         write_grad = student.requires_grad
         grad = torch.empty_like(student_c) if write_grad else student_c
         _dkd_kernel[(n,)](
@@ -110,11 +110,11 @@ def dkd_loss(
     temperature: float,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """``kdlib.losses.dkd_loss`` (``T^2 * mean(alpha TCKD + beta NCKD)``, no CE, no warmup) in one launch."""
+    """``kdlib.losses.dkd.dkd_loss`` (``T^2 * mean(alpha TCKD + beta NCKD)``, no CE, no warmup) in one launch."""
     if not use_triton(backend, student.device):
-        return losses.dkd_loss(student, teacher, target, alpha, beta, temperature)
-    losses._check_pair(student, teacher)
-    losses._check_min_classes(student, "student", 2, "DKD")
-    losses._check_target(target, student.shape[0])
-    losses._check_temperature(temperature)
+        return reference.dkd_loss(student, teacher, target, alpha, beta, temperature)
+    check_pair(student, teacher)
+    check_min_classes(student, "student", 2, "DKD")
+    check_target(target, student.shape[0])
+    check_temperature(temperature)
     return _DKDFunction.apply(student, teacher, target.to(student.device), alpha, beta, temperature)

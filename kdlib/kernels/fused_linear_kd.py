@@ -16,9 +16,10 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from kdlib import losses
 from kdlib.kernels.kd import kd_forward
 from kdlib.kernels.utils import scale_grad, use_triton
+from kdlib.losses import fused_linear_kd as reference
+from kdlib.losses.checks import check_temperature, compute_dtype
 
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
 
@@ -39,7 +40,7 @@ class _FusedLinearKDFunction(torch.autograd.Function):
         grad_h = torch.empty_like(h_s) if need_h else None
         grad_w = torch.zeros_like(w_s) if need_w else None
         rows = chunk_rows(n, c, h_s.element_size(), memory_budget)
-        loss = h_s.new_zeros((), dtype=losses._compute_dtype(h_s))
+        loss = h_s.new_zeros((), dtype=compute_dtype(h_s))
         for start in range(0, n, rows):
             hs = h_s[start:start + rows]
             part, g = kd_forward(
@@ -78,15 +79,15 @@ def fused_linear_kd_loss(
     backend: str = "auto",
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> torch.Tensor:
-    """``kdlib.losses.fused_linear_kd_loss`` (``kd_loss`` of ``h_s W_s^T`` and ``h_t W_t^T``), chunked.
+    """``kdlib.losses.fused_linear_kd.fused_linear_kd_loss`` (``kd_loss`` of ``h_s W_s^T`` and ``h_t W_t^T``), chunked.
 
     ``memory_budget`` (bytes) bounds one chunk's logit buffers (student,
     teacher, gradient); the ``torch`` backend is the eager reference (full logits).
     """
     if not use_triton(backend, student_hidden.device):
-        return losses.fused_linear_kd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, temperature)
-    losses.check_linear_heads(student_hidden, student_weight, teacher_hidden, teacher_weight)
-    losses._check_temperature(temperature)
+        return reference.fused_linear_kd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, temperature)
+    reference.check_linear_heads(student_hidden, student_weight, teacher_hidden, teacher_weight)
+    check_temperature(temperature)
     if int(memory_budget) < 1:
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
     return _FusedLinearKDFunction.apply(

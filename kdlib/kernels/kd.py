@@ -21,24 +21,10 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from kdlib import losses
+from kdlib.kernels.primitives import online_lse
 from kdlib.kernels.utils import NUM_WARPS, acc_dtype, block_size, scale_grad, use_triton
-
-
-@triton.jit
-def online_lse(m, d, z):
-    """One block of an online log-sum-exp over a row (masked lanes hold -inf).
-
-    Returns the new running max and sum of ``exp(z - max)``, the factor the old
-    sum was rescaled by (for other sums weighted by the same exponentials) and
-    the block's exponentials. Until a finite value is seen the reference point is
-    0, so an all-masked block gives no ``-inf - -inf``.
-    """
-    m_new = tl.maximum(m, tl.max(z, 0))
-    m_ref = tl.where(m_new == -float("inf"), 0.0, m_new)
-    scale = tl.exp(m - m_ref)
-    e = tl.exp(z - m_ref)
-    return m_new, d * scale + tl.sum(e, 0), scale, e
+from kdlib.losses import kd as reference
+from kdlib.losses.checks import check_pair, check_target, check_temperature, compute_dtype
 
 
 @triton.jit
@@ -112,7 +98,7 @@ def kd_forward(
     temp = float(temperature)
     student = student.contiguous()
     teacher = teacher.detach().contiguous()
-    dt = losses._compute_dtype(student, teacher)
+    dt = compute_dtype(student, teacher)
     row_kl = torch.empty(n, dtype=dt, device=student.device)
     has_ce = target is not None and ce_weight != 0.0
     row_ce = torch.empty(n, dtype=dt, device=student.device) if has_ce else row_kl
@@ -148,11 +134,11 @@ class _SoftmaxKDFunction(torch.autograd.Function):
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float, backend: str = "auto") -> torch.Tensor:
-    """``kdlib.losses.kd_loss`` (``T^2 * mean_n KL(softmax(t/T) || softmax(s/T))``) in one Triton launch."""
+    """``kdlib.losses.kd.kd_loss`` (``T^2 * mean_n KL(softmax(t/T) || softmax(s/T))``) in one Triton launch."""
     if not use_triton(backend, student.device):
-        return losses.kd_loss(student, teacher, temperature)
-    losses._check_pair(student, teacher)
-    losses._check_temperature(temperature)
+        return reference.kd_loss(student, teacher, temperature)
+    check_pair(student, teacher)
+    check_temperature(temperature)
     return _SoftmaxKDFunction.apply(student, teacher, None, float(temperature), 0.0, 1.0)
 
 
@@ -165,7 +151,7 @@ def ce_kd_loss(
     kd_weight: float,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """``kdlib.losses.ce_kd_loss``: ``ce_weight * CE(s, y) + kd_weight * kd_loss(s, t, T)`` in one pass.
+    """``kdlib.losses.kd.ce_kd_loss``: ``ce_weight * CE(s, y) + kd_weight * kd_loss(s, t, T)`` in one pass.
 
     The CE log-sum-exp (at T = 1) is a third online accumulator of the same read,
     and both gradients go into the one write. It returns the weighted sum, not
@@ -173,10 +159,10 @@ def ce_kd_loss(
     and ``kd_loss`` instead.
     """
     if not use_triton(backend, student.device):
-        return losses.ce_kd_loss(student, teacher, target, temperature, ce_weight, kd_weight)
-    losses._check_pair(student, teacher)
-    losses._check_target(target, student.shape[0])
-    losses._check_temperature(temperature)
+        return reference.ce_kd_loss(student, teacher, target, temperature, ce_weight, kd_weight)
+    check_pair(student, teacher)
+    check_target(target, student.shape[0])
+    check_temperature(temperature)
     return _SoftmaxKDFunction.apply(
         student, teacher, target.to(student.device), float(temperature), float(ce_weight), float(kd_weight)
     )

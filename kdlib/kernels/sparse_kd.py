@@ -16,9 +16,10 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from kdlib import losses
-from kdlib.kernels.kd import online_lse
+from kdlib.kernels.primitives import online_lse
 from kdlib.kernels.utils import NUM_WARPS, acc_dtype, block_size, scale_grad, use_triton
+from kdlib.losses import sparse_kd as reference
+from kdlib.losses.checks import compute_dtype
 
 
 @triton.jit
@@ -69,7 +70,7 @@ class _SparseKDFunction(torch.autograd.Function):
         student_c = student.contiguous()
         vals = topk_probs.detach().to(student.device).contiguous()
         idx = topk_indices.to(student.device).long().contiguous()
-        row_loss = torch.empty(n, dtype=losses._compute_dtype(student, topk_probs), device=student.device)
+        row_loss = torch.empty(n, dtype=compute_dtype(student, topk_probs), device=student.device)
         write_grad = student.requires_grad
         grad = torch.empty_like(student_c) if write_grad else student_c
         _sparse_kd_kernel[(n,)](
@@ -91,8 +92,8 @@ class _SparseKDFunction(torch.autograd.Function):
 def sparse_kd_loss(
     student: torch.Tensor, topk_probs: torch.Tensor, topk_indices: torch.Tensor, backend: str = "auto"
 ) -> torch.Tensor:
-    """``kdlib.losses.sparse_kd_loss`` in one launch, without building the dense ``(N, C)`` target."""
+    """``kdlib.losses.sparse_kd.sparse_kd_loss`` in one launch, without building the dense ``(N, C)`` target."""
     if not use_triton(backend, student.device):
-        return losses.sparse_kd_loss(student, topk_probs, topk_indices)
-    losses._check_sparse_targets(student, topk_probs, topk_indices)
+        return reference.sparse_kd_loss(student, topk_probs, topk_indices)
+    reference.check_sparse_targets(student, topk_probs, topk_indices)
     return _SparseKDFunction.apply(student, topk_probs, topk_indices)

@@ -4,7 +4,8 @@ The Triton kernels run on CUDA tensors, or on CPU tensors under Triton's
 interpreter (``TRITON_INTERPRET=1``), which is how the test suite checks them
 without a GPU. The interpreter only takes effect if it is set before ``triton``
 itself is imported, so this module and ``kdlib.kernels`` never import triton:
-only the kernel files do, on first use.
+only the kernel files do, on first use. The methods read the backend choice here
+(`resolve_backend`) and import their kernel files only when it is ``"triton"``.
 """
 from __future__ import annotations
 
@@ -31,6 +32,17 @@ def check_backend(backend: str) -> None:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """``runtime.kernels`` (auto | triton | torch) on ``device``: ``"triton"`` where the
+    losses run as Triton kernels, else ``"torch"`` (the ``kdlib.losses`` references).
+
+    ``triton`` where Triton cannot run raises here, before any training.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"runtime.kernels must be one of {BACKENDS}, got {backend!r}")
+    return "triton" if use_triton(backend, device) else "torch"
+
+
 def use_triton(backend: str, device: torch.device | str) -> bool:
     """Whether a loss on ``device`` runs the Triton kernel.
 
@@ -47,7 +59,7 @@ def use_triton(backend: str, device: torch.device | str) -> bool:
         return True
     raise ValueError(
         f"backend 'triton' cannot run on device {device.type!r}: the kernels need a CUDA device, "
-        "or TRITON_INTERPRET=1 set before kdlib.kernels is imported (CPU interpreter, slow; for tests)"
+        "or TRITON_INTERPRET=1 set before the first kernel module is imported (CPU interpreter, slow; for tests)"
     )
 
 

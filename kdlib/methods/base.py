@@ -1,0 +1,176 @@
+"""The distillation method every family subclasses, and the registry of methods by name.
+
+A method is a small class (mdistiller's distiller, minus the models): an objective
+(`kdlib.objective.Objective`: `forward_train` returns the logits that are evaluated plus a
+dict of *named, already weighted* loss terms, which `fit` sums and logs) with a `Settings`
+model holding every knob at the paper's default, a `build` that wraps the student when it
+needs a second head, and the cached teachers it reads. Each paper family has its own module
+in this package (`kdlib/methods/<family>.py`: its settings and methods, registered with
+`@register`); adding a method is one such module plus its tests (docs/contributing.md).
+
+The registry fills itself on first use by importing every module of this package. Shared
+code reaches a method only through it (`method_class`, `build_method`), never by importing
+a family module, so a student's code identity (`tasks.code_identity`) is this module plus
+its own family's module and the loss and kernel families that module imports.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import pkgutil
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+
+from kdlib.config import MAIN_TEACHER
+from kdlib.kernels.utils import resolve_backend
+from kdlib.models.heads import DualHead, ProjectedFeature, WeakHead
+from kdlib.objective import Objective
+
+
+class MethodSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    method: str = Field("", description="registry name, when the entry's name is a variant")
+    teacher: str = Field(
+        MAIN_TEACHER, exclude=True,
+        description="the cached teacher it distils from; not a loss setting (left out of dumps): the "
+        "student's cache key holds that teacher's logit cache",
+    )
+
+
+class Method(Objective):
+    name: ClassVar[str]
+    Settings: ClassVar[type[MethodSettings]] = MethodSettings
+    needs_teacher: ClassVar[bool] = True
+    dual_head: ClassVar[bool] = False
+    online_teacher: ClassVar[bool] = False
+    """Trains its own teacher (arch `teacher.arch`) beside the student: reads no logit cache."""
+    cached: ClassVar[tuple[str, ...]] = ("logits",)
+    """The cached teacher tensors it reads per batch (`kdlib.logit_cache.TeacherBatch` fields).
+    A method reading only the dense logits gets them as a tensor in `forward_train`'s
+    `teacher`; any other gets a `TeacherBatch` holding exactly these fields."""
+
+    def __init__(self, settings: MethodSettings) -> None:
+        self.settings = settings
+        self.backend = "torch"
+        """Where its losses run: "torch" (the `kdlib.losses` references) or "triton" (`use_kernels`)."""
+        self._kernels: dict[Callable, Callable] = {}
+
+    def kernels(self) -> dict[Callable, Callable]:
+        """The Triton twins of the reference losses `forward_train` calls: {`kdlib.losses.<family>`
+        function: the `kdlib.kernels.<family>` function of the same name}.
+
+        Called by `use_kernels` only once it chose Triton; a method with kernelled losses
+        overrides it and imports its kernel families inside (`from kdlib.kernels import kd`),
+        so triton is imported only where the kernels run while the method's code identity
+        (its static imports) still holds them."""
+        return {}
+
+    def use_kernels(self, backend: str, device: torch.device | str) -> None:
+        """Compute the losses with `runtime.kernels` (auto | triton | torch) on `device`;
+        `triton` where Triton cannot run raises here, before any training."""
+        self.backend = resolve_backend(backend, device)
+        self._kernels = {}
+        if self.backend == "triton":
+            self._kernels = {ref: functools.partial(fn, backend="triton") for ref, fn in self.kernels().items()}
+
+    def loss(self, reference: Callable) -> Callable:
+        """The function that computes `reference` (a `kdlib.losses` function) here: its Triton
+        twin after `use_kernels` chose Triton, else the reference itself."""
+        return self._kernels.get(reference, reference)
+
+    def build(self, student: nn.Module) -> nn.Module:
+        """The module that is trained; `exported(module)` is what gets evaluated."""
+        if self.dual_head:
+            return DualHead(student, head=self.settings.aux_head)
+        return student
+
+    @staticmethod
+    def exported(trained: nn.Module) -> nn.Module:
+        """Head 2 of a dual-head student (or USKD's weak head, KD++'s projector) is dropped at inference."""
+        return trained.backbone_model if isinstance(trained, (DualHead, WeakHead, ProjectedFeature)) else trained
+
+    def teacher_names(self) -> list[str]:
+        """The cached teachers it reads, in the order `forward_train` gets their logits."""
+        return [self.settings.teacher] if self.needs_teacher else []
+
+
+# --------------------------------------------------------------------------- #
+# the registry
+# --------------------------------------------------------------------------- #
+_REGISTRY: dict[str, type[Method]] = {}
+_loaded = False
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: the method under its `name`; a name registered twice is an error."""
+    known = _REGISTRY.get(cls.name)
+    if known is not None and _qualified(known) != _qualified(cls):
+        raise ValueError(f"method name {cls.name!r} registered twice: by {_qualified(known)} and by {_qualified(cls)}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _registry() -> dict[str, type[Method]]:
+    """Every registered method, after importing each module of this package once."""
+    global _loaded
+    if not _loaded:
+        for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+            importlib.import_module(f"{__package__}.{info.name}")
+        _loaded = True
+    return _REGISTRY
+
+
+def method_names() -> list[str]:
+    """The registered method names, sorted."""
+    return sorted(_registry())
+
+
+def method_class(name: str) -> type[Method]:
+    """The method registered as `name`."""
+    registry = _registry()
+    if name not in registry:
+        raise ValueError(f"unknown method {name!r}; allowed: {', '.join(method_names())}")
+    return registry[name]
+
+
+def validate_method_entry(entry: str, raw: dict[str, Any] | None) -> MethodSettings:
+    """Settings of the `methods.<entry>` block; errors name the field path."""
+    raw = dict(raw or {})
+    method = raw.get("method") or entry
+    if method not in _registry():
+        where = f"methods.{entry}.method" if raw.get("method") else f"students.methods: {entry!r}"
+        raise ValueError(f"{where}: unknown method {method!r}; allowed: {', '.join(method_names())}")
+    raw["method"] = method
+    settings_model = method_class(method).Settings
+    try:
+        return settings_model.model_validate(raw)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            path = ".".join(str(p) for p in e["loc"])
+            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+            allowed = ", ".join(f for f in settings_model.model_fields if f != "method")
+            problems.append(f"methods.{entry}.{path}: {msg} (settings of {method!r}: {allowed or 'none'})")
+        raise ValueError("; ".join(problems)) from None
+
+
+def build_method(entry: str, settings: MethodSettings) -> Method:
+    """The method of the `methods.<entry>` block, from its parsed settings
+    (`StudyConfig.method_settings(entry)`, or `validate_method_entry`)."""
+    if not isinstance(settings, MethodSettings):
+        raise TypeError(
+            f"build_method({entry!r}, ...) takes the entry's parsed settings (StudyConfig.method_settings or "
+            f"validate_method_entry), got {type(settings).__name__}"
+        )
+    cls = method_class(settings.method)
+    if not isinstance(settings, cls.Settings):
+        raise TypeError(f"methods.{entry}: settings {type(settings).__name__} are not {cls.name!r}'s {cls.Settings.__name__}")
+    return cls(settings)

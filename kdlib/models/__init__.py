@@ -1,0 +1,79 @@
+"""Teacher and student networks for CIFAR-style knowledge distillation.
+
+The architectures follow the CRD / mdistiller model zoo so that accuracies and
+parameter counts are comparable with the published KD literature:
+
+- CIFAR ResNets (He et al. 2016, Sec. 4.2): BasicBlock, 3 stages, depth 6n+2.
+- Wide ResNets (Zagoruyko & Komodakis 2016): pre-activation blocks, depth 6n+4.
+- VGG8 / VGG13 with batch norm, as used in CRD and mdistiller.
+- A small MLP, as a deliberately weak student / sanity baseline.
+
+Every model has the same contract, so the training code never special-cases an
+architecture:
+
+- constructor ``(num_classes, in_channels=3, image_size=32)``;
+- ``model.feature_dim`` and ``model.classifier`` (an ``nn.Linear`` head);
+- ``model(x) -> (logits, feature)`` with ``feature`` the pooled penultimate
+  activation of shape (N, feature_dim) and ``logits == classifier(feature)``.
+
+Feature-based KD losses read ``feature``; logit-based ones read ``logits``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from kdlib.models import mlp, resnet, vgg, wrn
+from kdlib.models.heads import DualHead
+from kdlib.models.layers import init_weights
+
+# -----------------------------------------------------------------------------
+# Named constructors and registry
+#
+# All share the signature (num_classes, in_channels=3, image_size=32) so callers
+# can build any architecture from a config string. Each family lists its own.
+
+ARCHS: dict[str, Callable[..., nn.Module]] = {**resnet.ARCHS, **wrn.ARCHS, **vgg.ARCHS, **mlp.ARCHS}
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Total number of parameters (trainable or not), as reported in KD papers."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_model(
+    arch: str, num_classes: int, in_channels: int = 3, image_size: int = 32
+) -> nn.Module:
+    """Build a registered architecture by name (the string used in configs)."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; allowed: {', '.join(ARCHS)}")
+    return ARCHS[arch](num_classes, in_channels=in_channels, image_size=image_size)
+
+
+@functools.lru_cache(maxsize=None)
+def forward_error(
+    arch: str, num_classes: int, in_channels: int, image_size: int, batch_size: int, aux_head: str | None = None
+) -> str | None:
+    """Why one training step of `arch` (with a DualHead of `aux_head`) cannot run on this
+    shape, or None if it can.
+
+    The model is built and run on the meta device in training mode: shapes and batch-norm
+    batch checks are real, nothing is allocated, so config validation can afford it. A
+    batch of 1 is probed when `batch_size` is 1 (batch norm refuses it), else 2.
+    """
+    try:
+        with torch.device("meta"):
+            model = build_model(arch, num_classes, in_channels, image_size)
+            if aux_head is not None:
+                model = DualHead(model, head=aux_head)
+            model.train()(torch.zeros(min(batch_size, 2), in_channels, image_size, image_size))
+    except (RuntimeError, ValueError) as err:
+        return str(err).splitlines()[0]
+    return None
+
+
+__all__ = ["ARCHS", "build_model", "count_parameters", "forward_error", "init_weights"]

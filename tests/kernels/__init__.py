@@ -1,0 +1,1 @@
+"""Tests of kdlib.kernels, one module per family."""

@@ -1,0 +1,1 @@
+"""Tests of kdlib.losses, one module per family."""

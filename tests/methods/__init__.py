@@ -1,0 +1,1 @@
+"""Tests of kdlib.methods, one module per family."""
