@@ -2,7 +2,7 @@
 
 The study: digits data, a resnet8 teacher (2 epochs), 4 students (ce and kd, seeds 0 and 1;
 `--student-arch`, `--student-epochs`), tracking on, torch threads 1 per task. It runs in a throw-away copy of
-the project (tests/project.py), both runners in one process (one temporary Prefect server,
+the project (tests/helpers/project.py), both runners in one process (one temporary Prefect server,
 started before any timing), each time on a fresh store so nothing is cached; the runners
 alternate `--repeats` times and medians are reported. Writes
 bench/results/study_runners_<arch>_<epochs>ep_dask<workers>.json.
@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kdlib import artifacts  # noqa: E402
-from tests.conftest import TINY_STUDY  # noqa: E402
-from tests.project import BIN, make_project, project_env, run  # noqa: E402
+from tests.helpers.project import BIN, make_project, project_env, run  # noqa: E402
+from tests.helpers.study import TINY_STUDY  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 SCRIPT = """

@@ -23,6 +23,22 @@ if TYPE_CHECKING:
 MAIN_TEACHER = "teacher"
 """The name of the study's `teacher:`; extra and fine-tuned teachers have their own names."""
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]{0,63}")
+"""Every name a study file gives (study, method entries, teachers) becomes part of file
+paths, DVC stage names and commands, MLflow keys and Prefect task names: letters, digits,
+'_', '+', '-', starting with a letter or digit, at most 64 characters. Nothing else (no
+'/', '.', spaces or shell characters) can reach a path or a command."""
+
+
+def check_name(field: str, name: Any) -> str:
+    """`name` if it matches `NAME`, else a ValueError naming `field` and the value."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise ValueError(
+            f"{field}: {name!r} is not a valid name (letters, digits, '_', '+' or '-', starting with a "
+            "letter or digit, at most 64 characters)"
+        )
+    return name
+
 
 def _method_class(name: str) -> Any:
     """The `kdlib.methods` class registered as `name`. Imported here, on use: importing
@@ -260,6 +276,15 @@ class StudyConfig(Strict):
         students = raw.get("students")
         listed = students.get("methods") if isinstance(students, dict) else getattr(students, "methods", None)
         listed = [n for n in listed if isinstance(n, str)] if isinstance(listed, list) else []
+        check_name("study", raw.get("study", "default"))
+        for name in listed:
+            check_name("students.methods", name)
+        for name in blocks:
+            check_name("methods", name)
+        for section in ("teachers", "finetuned_teachers"):
+            named = raw.get(section)
+            for name in named if isinstance(named, dict) else ():
+                check_name(section, name)
         parsed: dict[str, Any] = {}
         for name in [*dict.fromkeys(listed), *(n for n in blocks if n not in listed)]:
             block = blocks.get(name)
@@ -297,11 +322,8 @@ class StudyConfig(Strict):
         entry reads only declared teachers (`Method.teacher_names`)."""
         for field, names in (("teachers", self.teachers), ("finetuned_teachers", self.finetuned_teachers)):
             for name in names:
-                if name == MAIN_TEACHER or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
-                    raise ValueError(
-                        f"{field}.{name}: a teacher name is letters, digits, '_' or '-', and not {MAIN_TEACHER!r} "
-                        "(the name of `teacher`)"
-                    )
+                if name == MAIN_TEACHER:
+                    raise ValueError(f"{field}.{name}: {MAIN_TEACHER!r} is the name of `teacher`; give this teacher another name")
         both = set(self.teachers) & set(self.finetuned_teachers)
         if both:
             raise ValueError(f"finetuned_teachers: {sorted(both)} also declared under teachers; give each teacher one name")

@@ -1,8 +1,8 @@
-"""Shared fixtures: a tiny data set and study config so library tests run in seconds."""
+"""Shared fixtures: a tiny data set, one thread per test, CUDA-only tests skipped without CUDA (the tiny
+study config is tests/helpers/study.py)."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +11,6 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -29,25 +27,6 @@ def tiny_ds():
     from kdlib.data.sources.synthetic import make_synthetic
 
     return make_synthetic(seed=0, num_train_per_class=4, num_test_per_class=2, image_size=8, num_classes=10, num_superclasses=2)
-
-
-TINY_STUDY = {
-    "study": "tiny",
-    "data": {"source": "digits", "seed": 0, "test_fraction": 0.2},
-    "augment": {"padding": 1, "flip": True, "seed": 3},
-    "teacher": {"arch": "resnet8", "seed": 0, "schedule": {"epochs": 1, "batch_size": 128, "lr": 0.05}},
-    "students": {
-        "arch": "mlp",
-        "seeds": [0],
-        "schedule": {"epochs": 2, "batch_size": 128, "lr": 0.05},
-        "methods": ["ce", "kd"],
-    },
-    "logits": {"dtype": "float16", "batch_size": 500, "topk": 3},
-    "methods": {"ce": {}, "kd": {}},
-    "evaluation": {"ece_bins": 15, "probe_size": 64, "nc_every": 0},
-    "tracking": {"enabled": True, "uri": "sqlite:///mlflow.db", "experiment": "tiny"},
-    "runtime": {"device": "cpu", "threads": 1, "store": ".kdflow/store"},
-}
 
 
 def pytest_collection_modifyitems(config, items):

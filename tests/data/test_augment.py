@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdlib.data.augment import augment, augment_params
+from kdlib.data.augment import augment, augment_params, view_seeds
 
 
 def _images(n: int = 32, c: int = 3, h: int = 8, w: int = 8) -> torch.Tensor:
@@ -96,3 +96,10 @@ def test_crop_matches_hand_sliced_padded_image(dtype: torch.dtype) -> None:
 def test_augment_rejects_mismatched_indices() -> None:
     with pytest.raises(ValueError):
         augment(_images(4), 0, 0, torch.arange(3), padding=1, flip=True)
+
+
+def test_view_seeds_determine_the_view():
+    idx = torch.arange(50)
+    a, b = view_seeds(3, 1, idx), view_seeds(3, 1, idx.flip(0)).flip(0)
+    assert torch.equal(a, b) and a.dtype == torch.int64 and len(set(a.tolist())) == 50
+    assert not torch.equal(a, view_seeds(3, 2, idx)) and not torch.equal(a, view_seeds(4, 1, idx))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from kdlib.data.dataset import Dataset
-from tests.conftest import TINY_STUDY
+from tests.helpers.study import TINY_STUDY
 
 
 def same_dataset(a: Dataset, b: Dataset) -> bool:

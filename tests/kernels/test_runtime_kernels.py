@@ -42,7 +42,7 @@ def kd_upstream(tmp_path_factory):
 
     from kdlib.config import parse_config
     from tasks import cache_logits, prepare_data, train_teacher
-    from tests.conftest import TINY_STUDY
+    from tests.helpers.study import TINY_STUDY
 
     root = tmp_path_factory.mktemp("kernels")
     raw = copy.deepcopy(TINY_STUDY)

@@ -12,8 +12,8 @@ import pytest
 from kdlib.config import parse_config
 from tasks import cache_logits, evaluate, finetune_teacher, prepare_data, train_student, train_teacher
 from tasks.code_identity import closure, code_files
-from tests.conftest import TINY_STUDY
-from tests.project import BIN, make_project, project_env, run
+from tests.helpers.project import BIN, make_project, project_env, run
+from tests.helpers.study import TINY_STUDY
 
 DISTILLATION_CODE = ("kdlib/methods/", "kdlib/losses/", "kdlib/kernels/")
 

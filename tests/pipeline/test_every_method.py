@@ -7,7 +7,7 @@ from kdlib import artifacts
 from kdlib.config import parse_config
 from kdlib.methods.base import method_names
 from tasks import cache_logits, evaluate, prepare_data, train_student, train_teacher
-from tests.conftest import TINY_STUDY
+from tests.helpers.study import TINY_STUDY
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,9 @@ import math
 
 import torch
 
-from kdlib.metrics import agreement, evaluate_logits, expected_calibration_error, kl_to_teacher, nll, topk_accuracy
+from kdlib.metrics import (
+    agreement, evaluate_logits, expected_calibration_error, kl_to_teacher, nll, reliability_diagram, topk_accuracy,
+)
 
 
 def test_topk_hand_case():
@@ -49,3 +51,12 @@ def test_agreement_and_kl():
 def test_evaluate_logits_keys():
     m = evaluate_logits(torch.randn(8, 5), torch.randint(0, 5, (8,)), torch.randn(8, 5))
     assert set(m) == {"top1", "top5", "nll", "ece", "agreement", "kl_to_teacher"}
+
+
+def test_reliability_diagram_hand_case():
+    # confidences 0.75 (right), 0.75 (wrong), 0.9 (right) -> bins 11 and 13 of 15
+    logits = torch.tensor([[math.log(3.0), 0.0], [math.log(3.0), 0.0], [math.log(9.0), 0.0]], dtype=torch.float64)
+    d = reliability_diagram(logits, torch.tensor([0, 1, 0]), 15)
+    assert d["count"][11] == 2 and d["count"][13] == 1 and sum(d["count"]) == 3
+    assert math.isclose(d["confidence_sum"][11], 1.5) and math.isclose(d["confidence_sum"][13], 0.9)
+    assert d["correct"][11] == 1 and d["correct"][13] == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
@@ -38,7 +38,7 @@ def project_env(dest: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         PATH=f"{BIN}:{env.get('PATH', '')}",
-        # the copy's code first; the suite's own helpers (tests.project) after it, for the scripts
+        # the copy's code first; the suite's own helpers (tests.helpers.project) after it, for the scripts
         PYTHONPATH=os.pathsep.join([str(dest), str(ROOT)]),
         PREFECT_HOME=str(dest / ".kdflow" / "prefect"),
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90",

@@ -5,7 +5,7 @@ import json
 from kdlib import artifacts
 from kdlib.config import parse_config
 from tasks import aggregate, cache_logits, evaluate, prepare_data, train_student, train_teacher
-from tests.conftest import TINY_STUDY
+from tests.helpers.study import TINY_STUDY
 
 
 def test_failed_student_is_marked_not_dropped(tmp_path, monkeypatch):

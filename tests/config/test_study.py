@@ -7,7 +7,7 @@ import yaml
 from kdlib.config import ConfigError, deep_merge, load_config, parse_config
 from kdlib.methods.kd import KDSettings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def default_raw() -> dict:

@@ -10,7 +10,7 @@ from kdlib.config import parse_config
 from kdlib import artifacts
 from tasks import aggregate, cache_logits, evaluate, finetune_teacher, prepare_data, train_student, train_teacher
 from tasks.report import NC_COLUMNS, fmt, fmt_p, method_colours, pm
-from tests.conftest import TINY_STUDY
+from tests.helpers.study import TINY_STUDY
 
 METHODS = ["ce", "kd", "ce+binarykl_norm", "dhkd"]
 SECTIONS = ["Results", "Paired comparison over seeds", "Accuracy curves", "Gradient conflict", "Neural collapse",

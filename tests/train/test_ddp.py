@@ -16,10 +16,9 @@ import yaml
 
 from kdlib import artifacts, distributed
 from kdlib.config import parse_config
-from kdlib.train import Speed
-from tasks import cache_logits, prepare_data, train_student, train_teacher
-from tests.conftest import TINY_STUDY
-from tests.project import ROOT, free_port, project_env
+from tasks import cache_logits, common, prepare_data, train_student, train_teacher
+from tests.helpers.project import ROOT, free_port, project_env
+from tests.helpers.study import TINY_STUDY
 
 DRIVER = textwrap.dedent(
     """
@@ -71,8 +70,9 @@ def test_two_gloo_ranks_equal_one_process(upstream):
     result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
-    # rank 0 alone wrote the artifact: exactly the files of one student, and one log of each epoch
-    assert sorted(p.name for p in (root / "ddp").iterdir()) == sorted([*single["files"], artifacts.MANIFEST])
+    # rank 0 alone wrote the artifact: exactly the files of one student (and its timings), one log of each epoch
+    written = sorted(p.name for p in (root / "ddp").iterdir())
+    assert written == sorted([*single["files"], artifacts.MANIFEST, common.TIMINGS])
     assert result.stdout.count("kd seed 0 epoch 2/2") == 1
     one = artifacts.load_tensors(root / "single" / train_student.MODEL)
     two = artifacts.load_tensors(root / "ddp" / train_student.MODEL)
@@ -102,12 +102,6 @@ def test_shard_is_the_whole_batch_on_one_process():
     idx = torch.arange(10)
     assert distributed.world() == (0, 1) and distributed.is_main()
     assert torch.equal(distributed.shard(idx), idx)
-
-
-def test_speed_on_cpu_is_plain_fp32_and_compile_is_refused():
-    assert Speed.for_device(torch.device("cpu")) == Speed()
-    with pytest.raises(ValueError, match="runtime.compile: true needs a CUDA device"):
-        Speed.for_device(torch.device("cpu"), compile=True)
 
 
 def test_what_ddp_cannot_do_is_refused_before_training():

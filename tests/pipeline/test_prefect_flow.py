@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from tests.conftest import TINY_STUDY
-from tests.project import BIN, make_project, project_env, run
+from tests.helpers.project import BIN, make_project, project_env, run
+from tests.helpers.study import TINY_STUDY
 
 pytestmark = pytest.mark.slow
 
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 SCRIPT = """
 import asyncio, json
 from flows.pipeline import kd_pipeline
-from tests.project import task_states
+from tests.helpers.project import task_states
 
 out = []
 for kwargs in ({}, {}, {"overrides": {"methods": {"kd": {"temperature": 2.0}}}}, {}):
@@ -95,13 +95,16 @@ def test_damaged_store_artifacts_are_rebuilt_and_nothing_else(runs):
     assert {name for name, state in states.items() if state != "Cached"} == {teacher, "train_student[ce, seed 0]", "evaluate[ce, seed 0]", "aggregate"}, states
 
 
-# After `runs`: one comment appended to KD's module, then one to the training loop, a flow run after each.
+# After `runs`: a flow run with an invalid study; then one comment appended to KD's module, then one to
+# the training loop, a flow run after each.
 EDITS = """
 import asyncio, json, pathlib
 from flows.pipeline import kd_pipeline
-from tests.project import task_states
+from tests.helpers.project import task_states
 
-out = []
+bad = kd_pipeline(params_path="params.yaml", overrides={"optimiser": "adam"}, return_state=True)
+invalid = {"failed": bad.is_failed(), "message": bad.message, "tasks": asyncio.run(task_states(bad.state_details.flow_run_id))}
+out = [invalid]
 for module in ("kdlib/methods/kd.py", "kdlib/train.py"):
     path = pathlib.Path(module)
     path.write_text(path.read_text() + "\\n# an edit\\n")
@@ -111,10 +114,12 @@ print("RESULT" + json.dumps(out))
 """
 
 
-def test_code_edits_recompute_only_the_steps_that_run_the_edited_code(runs):
+def test_invalid_study_fails_first_and_code_edits_recompute_only_their_steps(runs):
     dest, _ = runs
     result = run([str(BIN / "python"), "-c", EDITS], dest, project_env(dest), timeout=300)
-    method_edit, loop_edit = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("RESULT"))[6:])
+    invalid, method_edit, loop_edit = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("RESULT"))[6:])
+    # an invalid study fails the flow run with the config error, before any task
+    assert invalid["failed"] and "optimiser: unknown key" in invalid["message"] and invalid["tasks"] == []
     # the kd student retrains; it comes out the same bytes, so its evaluation's inputs (file
     # hashes) are unchanged and the rest may stay cached
     computed = {name for name, state in method_edit.items() if state != "Cached"}

@@ -1,18 +1,15 @@
-"""A student trained from the cache sees exactly the teacher logits a live teacher would give."""
+"""The dense cache of teacher logits per view: a student trained from the cache sees exactly the
+teacher logits a live teacher would give; a damaged cache or an epoch it does not hold is an error."""
 import pytest
 import torch
 
 from kdlib import artifacts
 from kdlib.config import AugmentConfig, ScheduleConfig
 from kdlib.logit_cache import LogitCache, compute_cache, teacher_view_logits, write_cache
-from tests.helpers.methods import build
 from kdlib.models import build_model
 from kdlib.train import fit
-
-
-def make_teacher(ds):
-    torch.manual_seed(0)
-    return build_model("resnet8", ds.num_classes, 3, ds.image_size).eval()
+from tests.helpers.logit_cache import make_teacher
+from tests.helpers.methods import build
 
 
 def test_cache_replays_live_teacher_views(tiny_ds, tmp_path):

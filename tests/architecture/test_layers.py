@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -51,7 +51,7 @@ def test_every_dvc_stage_reads_the_key_parts_check_study_writes():
     every step stage reads one."""
     from kdlib.config import parse_config
     from tasks import check_study
-    from tests.conftest import TINY_STUDY
+    from tests.helpers.study import TINY_STUDY
 
     raw = dict(TINY_STUDY, teachers={"second": {"arch": "mlp", "seed": 1, "schedule": {"epochs": 1}}},
                finetuned_teachers={"tuned": {"lam": -0.5, "schedule": {"epochs": 1}}})

@@ -7,8 +7,8 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import TINY_STUDY
-from tests.project import BIN, free_port, make_project, project_env, start_prefect_server, stop
+from tests.helpers.project import BIN, free_port, make_project, project_env, start_prefect_server, stop
+from tests.helpers.study import TINY_STUDY
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,6 @@ from kdlib.diagnostics import (
     nontarget_rank_correlation, split_parameters, teacher_fidelity,
 )
 from tests.helpers.methods import build
-from kdlib.metrics import reliability_diagram
 from kdlib.models import build_model
 from kdlib.models.heads import DualHead
 from kdlib.train import fit
@@ -140,7 +139,7 @@ def test_head_split_of_a_dual_head_model():
     assert set(linear_heads(DualHead(build_model("mlp", 5, 3, 8)), model.feature_dim)) == {"classifier", "aux_head"}
 
 
-# --------------------------------------------------------------------------- teacher fidelity and calibration
+# --------------------------------------------------------------------------- teacher fidelity
 def test_rank_correlation_matches_scipy_with_ties():
     g = torch.Generator().manual_seed(1)
     s = torch.randint(0, 4, (20, 7), generator=g).double()  # many ties
@@ -163,15 +162,6 @@ def test_rank_correlation_ignores_the_target_and_monotone_maps():
     assert math.isclose(nontarget_rank_correlation(-t, t, target), -1.0, rel_tol=1e-12)
     out = teacher_fidelity(t, t, target)
     assert out["agreement"] == 100.0 and out["kl_to_teacher"] == 0.0
-
-
-def test_reliability_diagram_hand_case():
-    # confidences 0.75 (right), 0.75 (wrong), 0.9 (right) -> bins 11 and 13 of 15
-    logits = torch.tensor([[math.log(3.0), 0.0], [math.log(3.0), 0.0], [math.log(9.0), 0.0]], dtype=torch.float64)
-    d = reliability_diagram(logits, torch.tensor([0, 1, 0]), 15)
-    assert d["count"][11] == 2 and d["count"][13] == 1 and sum(d["count"]) == 3
-    assert math.isclose(d["confidence_sum"][11], 1.5) and math.isclose(d["confidence_sum"][13], 0.9)
-    assert d["correct"][11] == 1 and d["correct"][13] == 1
 
 
 # --------------------------------------------------------------------------- the fit hook

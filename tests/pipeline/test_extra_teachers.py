@@ -8,8 +8,8 @@ import subprocess
 import pytest
 import yaml
 
-from tests.conftest import ROOT, TINY_STUDY
-from tests.project import BIN, make_project, project_env, ran_stages, run
+from tests.helpers.project import BIN, ROOT, make_project, project_env, ran_stages, run
+from tests.helpers.study import TINY_STUDY
 
 TODAY = {"check_study", "prepare_data", "train_teacher", "cache_logits", "train_student", "evaluate", "aggregate"}
 
@@ -109,7 +109,7 @@ def test_unknown_teacher_stops_the_stage_with_its_field(tmp_path):
 FLOW = """
 import asyncio, json
 from flows.pipeline import kd_pipeline
-from tests.project import task_states
+from tests.helpers.project import task_states
 
 out = []
 for kwargs in ({}, {}, {"overrides": {"finetuned_teachers": {"teacher_mcmi": {"lam": -1.0}}}}):
