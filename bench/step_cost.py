@@ -26,9 +26,9 @@ OUT = Path(__file__).resolve().parent / "results" / "step_cost.json"
 BATCH, CLASSES, SIZE, WARMUP, REPEATS, THREADS = 64, 100, 8, 5, 30, 1
 CASES = [  # (entry name, settings, baseline entry)
     ("dhkd", {}, None),
-    ("dhkd_grad_align", {"method": "dhkd", "grad_align": True}, "dhkd"),
+    ("dhkd_grad_align", {"method": "dhkd", "grad_align": "shared"}, "dhkd"),
     ("dhkd_kd", {}, None),
-    ("dhkd_kd_grad_align", {"method": "dhkd_kd", "grad_align": True}, "dhkd_kd"),
+    ("dhkd_kd_grad_align", {"method": "dhkd_kd", "grad_align": "shared"}, "dhkd_kd"),
     ("ce", {}, None),
     ("uskd", {}, "ce"),
     ("kd", {}, None),

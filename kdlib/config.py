@@ -53,7 +53,9 @@ class ConfigError(ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: YAML's .inf / .nan (and "inf", "1e400") are refused for every float
+    # setting, with the field's path, instead of failing the first training step.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _source(name: str) -> Any:
@@ -75,6 +77,12 @@ class DataConfig(Strict):
     path: str | None = Field(None, description="cifar: the official archive; imagefolder: the folder with train/ and test/")
     url: str | None = Field(None, description="cifar: where to download the official archive (MD5 checked) into `root`")
     root: str = Field("data", description="where downloads go; data paths must lie inside the project or here")
+    md5_check: bool = Field(
+        True, exclude=True,
+        description="cifar: read an archive (data.path or a download) only if its MD5 is the official one; false "
+        "accepts a modified archive. Left out of dumps (and so of prepare_data's key): it decides whether a build "
+        "may run, never what it builds",
+    )
 
     @field_validator("source")
     @classmethod
@@ -84,7 +92,6 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _check_paths(self) -> "DataConfig":
-        _source(self.source).check(self)
         if self.path is not None:
             path = Path(self.path).expanduser().resolve()
             allowed = (Path.cwd().resolve(), Path(self.root).expanduser().resolve())
@@ -92,6 +99,8 @@ class DataConfig(Strict):
                 raise ValueError(f"data.path {self.path!r} is outside the project and data.root ({self.root!r}); move it or set data.root")
             if not path.exists():
                 raise ValueError(f"data.path {self.path!r} does not exist (resolved to {path})")
+        # after the path is known to lie inside the project: a source's check may list it
+        _source(self.source).check(self)
         return self
 
     def input_shape(self) -> tuple[int, int, int]:
@@ -122,6 +131,10 @@ class ScheduleConfig(Strict):
     milestones: list[int] = Field(default_factory=list, description="multistep only: epochs")
     gamma: float = Field(0.1, gt=0.0, description="multistep only: lr factor per milestone")
     warmup_epochs: int = Field(0, ge=0)
+    lr_scale: float = Field(
+        1.0, gt=0.0, description="multiplies lr at every step; in `teacher`, `teachers.<name>` and `students` "
+        "`auto` (their default) is the official per-arch rule, `OFFICIAL_LR_SCALE`",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "ScheduleConfig":
@@ -132,10 +145,65 @@ class ScheduleConfig(Strict):
         return self
 
 
+OFFICIAL_LR_SCALE: dict[str, float] = {"MobileNetV2": 0.2, "ShuffleV1": 0.2, "ShuffleV2": 0.2}
+"""The official CIFAR-100 scripts' per-arch learning-rate rule: DHKD's train_student.py multiplies
+the lr by 0.2 for these students (0.05 -> 0.01, lines 82-84); CRD's train_student.py and both
+repos' train_teacher.py set it to 0.01 for them. `schedule.lr_scale: auto` applies it."""
+
+
+def official_lr_scale(arch: str) -> float:
+    return OFFICIAL_LR_SCALE.get(arch, 1.0)
+
+
+def _auto_lr_scale(raw: Any, default_arch: str) -> Any:
+    """A raw `teacher` / `students` mapping with its `schedule.lr_scale` resolved when it is
+    `auto` or absent: the official rule for its arch (so keys hold the factor that runs)."""
+    schedule = raw.get("schedule") if isinstance(raw, dict) else None
+    if not isinstance(schedule, dict) or schedule.get("lr_scale", "auto") != "auto":
+        return raw
+    arch = raw.get("arch", default_arch)
+    return {**raw, "schedule": {**schedule, "lr_scale": official_lr_scale(arch) if isinstance(arch, str) else 1.0}}
+
+
 class TeacherConfig(Strict):
+    """A teacher trained here from `seed` on `schedule`; or one not trained here: a released
+    checkpoint (`checkpoint`), or the untrained random initialisation of `seed` (`untrained`)."""
+
     arch: str = "resnet20"
-    seed: int = 0
-    schedule: ScheduleConfig
+    seed: int = Field(0, description="init, batch order and the teacher's own views; `untrained`: its init")
+    schedule: ScheduleConfig | None = Field(None, description="required to train it; none with checkpoint or untrained")
+    checkpoint: str | None = Field(
+        None, description="a released teacher of `arch` ({'model': state_dict}, CRD / mdistiller / DHKD parameter "
+        "names) used instead of training; inside the project or data.root",
+    )
+    checkpoint_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-fA-F]{64}$", description="the checkpoint file's sha256: any other content is refused",
+    )
+    untrained: bool = Field(
+        False, description="use the randomly initialised teacher (seed `seed`) untrained (Sarnthein et al. 2023)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lr_scale(cls, raw: Any) -> Any:
+        return _auto_lr_scale(raw, cls.model_fields["arch"].default)
+
+    @model_validator(mode="after")
+    def _check_source(self) -> "TeacherConfig":
+        if self.checkpoint is not None and self.untrained:
+            raise ValueError("checkpoint and untrained: true are two teachers; keep one")
+        if self.checkpoint_sha256 is not None and self.checkpoint is None:
+            raise ValueError("checkpoint_sha256 pins the content of `checkpoint`, which is not set")
+        if self.trained() and self.schedule is None:
+            raise ValueError("schedule: required to train this teacher (or set checkpoint, or untrained: true)")
+        if not self.trained() and self.schedule is not None:
+            made = "loaded from `checkpoint`" if self.checkpoint else "untrained"
+            raise ValueError(f"schedule: this teacher is {made}, nothing trains it; remove its schedule")
+        return self
+
+    def trained(self) -> bool:
+        """Whether train_teacher trains it (neither `checkpoint` nor `untrained`)."""
+        return self.checkpoint is None and not self.untrained
 
 
 class FinetunedTeacherConfig(Strict):
@@ -167,11 +235,29 @@ class LogitsConfig(Strict):
     )
 
 
+class InitFromTeacher(Strict):
+    """Students start near the teacher's initial weights (Sarnthein et al. 2023, "Random Teachers
+    are Good Teachers"; their code's `--s_init neighborhood`): theta = theta_T + noise * theta_R,
+    theta_T the `teacher`'s initialisation (arch and seed), theta_R the student's own seeded
+    initialisation, over every parameter; buffers are the teacher's."""
+
+    noise: float = Field(0.0, ge=0.0, description="the paper code's s_init_eps: 0 starts from the teacher's init itself")
+    variance_preserving: bool = Field(False, description="divide by sqrt(1 + noise^2) (s_init_var_preserving)")
+
+
 class StudentsConfig(Strict):
     arch: str = "resnet8"
     seeds: list[int] = Field(min_length=1)
     schedule: ScheduleConfig
     methods: list[str] = Field(min_length=1, description="names of entries in `methods`")
+    init_from_teacher: InitFromTeacher | None = Field(
+        None, description="start from `teacher`'s initialisation plus noise; needs teacher.arch and no teacher.checkpoint"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lr_scale(cls, raw: Any) -> Any:
+        return _auto_lr_scale(raw, cls.model_fields["arch"].default)
 
 
 class EvaluationConfig(Strict):
@@ -310,6 +396,7 @@ class StudyConfig(Strict):
             if self.logits.topk is None and {"topk_probs", "topk_indices"} & set(_method_class(settings.method).cached):
                 raise ValueError(f"students.methods: {name!r} trains from the sparse top-K logit cache; set logits.topk (e.g. 10)")
         self._check_teachers()
+        self._check_classes()
         self._check_shapes()
         return self
 
@@ -343,6 +430,46 @@ class StudyConfig(Strict):
                     raise ValueError(
                         f"methods.{name}.{field}: unknown teacher {teacher!r}; declared teachers: {', '.join(declared)}"
                     )
+        self._check_teacher_sources()
+
+    def _check_teacher_sources(self) -> None:
+        """A teacher's `checkpoint` exists inside the project or `data.root` (as `data.path`);
+        `students.init_from_teacher` needs `teacher` built from its seed, in the students' arch."""
+        allowed = (Path.cwd().resolve(), Path(self.data.root).expanduser().resolve())
+        for field, tc in (("teacher", self.teacher), *((f"teachers.{n}", t) for n, t in self.teachers.items())):
+            if tc.checkpoint is None:
+                continue
+            path = Path(tc.checkpoint).expanduser().resolve()
+            if not any(path.is_relative_to(base) for base in allowed):
+                raise ValueError(
+                    f"{field}.checkpoint {tc.checkpoint!r} is outside the project and data.root ({self.data.root!r}); "
+                    "move it or set data.root"
+                )
+            if not path.is_file():
+                raise ValueError(f"{field}.checkpoint {tc.checkpoint!r} is not a file (resolved to {path})")
+        if self.students.init_from_teacher is not None:
+            if self.teacher.checkpoint is not None:
+                raise ValueError(
+                    "students.init_from_teacher: teacher.checkpoint is a released teacher whose initialisation is not known"
+                )
+            if self.students.arch != self.teacher.arch:
+                raise ValueError(
+                    f"students.init_from_teacher: students.arch {self.students.arch!r} must be teacher.arch "
+                    f"{self.teacher.arch!r} (the students start from the teacher's weights)"
+                )
+
+    def _check_classes(self) -> None:
+        """The data set's class count (the source's `input_shape`; for imagefolder, the class
+        folders of `data.path/train`, listed, no image read) fits `logits.topk` and each listed
+        method's `min_classes`, so a study its data cannot train stops here, not after training."""
+        classes = self.data.input_shape()[2]
+        data = f"data.source {self.data.source!r}" + (f" (data.path {self.data.path})" if self.data.path else "")
+        if self.logits.topk is not None and self.logits.topk > classes:
+            raise ValueError(f"logits.topk: {self.logits.topk} is more than the {classes} classes of {data}; set logits.topk <= {classes}")
+        for name in self.students.methods:
+            needs = _method_class(self.method_settings(name).method).min_classes
+            if classes < needs:
+                raise ValueError(f"students.methods: {name!r} needs at least {needs} classes; {data} has {classes}")
 
     def _check_shapes(self) -> None:
         """A teacher, or a student as a method trains it, that cannot run one step on the
@@ -350,9 +477,10 @@ class StudyConfig(Strict):
         channels, size, classes = self.data.input_shape()
         images = f"{channels}x{size}x{size} images of data.source {self.data.source!r}"
         # (where the arch is set, where the batch size is set, arch, batch size, second head, how it is trained)
-        probes = [("teacher", "teacher", self.teacher.arch, self.teacher.schedule.batch_size, None, "")]
+        # a teacher that is not trained here (checkpoint, untrained) only runs forward: a batch of 2
+        probes = [("teacher", "teacher", self.teacher.arch, self.teacher.schedule.batch_size if self.teacher.schedule else 2, None, "")]
         probes += [
-            (f"teachers.{name}", f"teachers.{name}", t.arch, t.schedule.batch_size, None, "")
+            (f"teachers.{name}", f"teachers.{name}", t.arch, t.schedule.batch_size if t.schedule else 2, None, "")
             for name, t in self.teachers.items()
         ]
         # a fine-tune trains `teacher`'s arch: only its batch size can fail here

@@ -188,10 +188,13 @@ def nontarget_rank_correlation(logits: Tensor, teacher: Tensor, target: Tensor) 
 
     Measures whether the student learned the teacher's *ranking* of the wrong classes
     (its "dark knowledge"), which top-1 agreement ignores. A row whose non-target logits
-    are all equal on either side carries no ranking and counts as 0.
+    are all equal on either side carries no ranking and counts as 0; so does every row
+    of a 2-class problem (one non-target class: nothing to rank).
     """
-    if logits.shape != teacher.shape or logits.shape[1] < 3:
-        raise ValueError(f"need student and teacher logits of one shape with >= 3 classes, got {tuple(logits.shape)} and {tuple(teacher.shape)}")
+    if logits.shape != teacher.shape:
+        raise ValueError(f"need student and teacher logits of one shape, got {tuple(logits.shape)} and {tuple(teacher.shape)}")
+    if logits.shape[1] < 3:
+        return 0.0
     keep = torch.ones_like(logits, dtype=torch.bool).scatter_(1, target[:, None], False)
     n, c = logits.shape
     rs = average_ranks(logits[keep].view(n, c - 1))

@@ -10,7 +10,7 @@ converts it to SyncBatchNorm, whose statistics are those of the global batch. Py
 SyncBatchNorm runs on accelerators only, so on CPU (gloo) each rank normalises by its
 shard's statistics and the result differs from single-process training; `fit` says so
 in its log. A student without batch norm (mlp) matches single-process training within
-float tolerance on either device (tests/test_ddp.py).
+float tolerance on either device (tests/train/test_ddp.py).
 """
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ views exactly.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -71,14 +72,16 @@ class Speed:
 
 
 def learning_rate(schedule: ScheduleConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
-    """Linear warmup per step, then cosine (per step) or multistep (per epoch) decay."""
+    """Linear warmup per step, then cosine (per step) or multistep (per epoch) decay, of the
+    base rate `lr * lr_scale` (`lr_scale`: the official per-arch factor, see `ScheduleConfig`)."""
+    base = schedule.lr * schedule.lr_scale
     progress = epoch + step / steps_per_epoch
     if progress < schedule.warmup_epochs:
-        return schedule.lr * (progress + 1 / steps_per_epoch) / schedule.warmup_epochs
+        return base * (progress + 1 / steps_per_epoch) / schedule.warmup_epochs
     if schedule.scheduler == "cosine":
         span = schedule.epochs - schedule.warmup_epochs
-        return 0.5 * schedule.lr * (1 + math.cos(math.pi * (progress - schedule.warmup_epochs) / span))
-    return schedule.lr * schedule.gamma ** sum(epoch >= m for m in schedule.milestones)
+        return 0.5 * base * (1 + math.cos(math.pi * (progress - schedule.warmup_epochs) / span))
+    return base * schedule.gamma ** sum(epoch >= m for m in schedule.milestones)
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> Tensor:
@@ -161,13 +164,9 @@ def fit(
     steps = max(n // schedule.batch_size, 1)
     history: list[dict[str, float]] = []
     best_epoch, best_top1 = 0, -1.0
-    if checkpoint is not None and Path(checkpoint).is_file():
-        state = artifacts.load_tensors(Path(checkpoint))
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        history = state["history"]
-        best_epoch, best_top1 = state["best_epoch"], state["best_top1"]
+    resumed = _resume(Path(checkpoint), model, optimizer) if checkpoint is not None else None
+    if resumed is not None:
+        history, best_epoch, best_top1 = resumed
         log(f"{label} resuming after epoch {len(history)} from {checkpoint}")
     timings: list[dict[str, float]] = []
     for epoch in range(len(history), schedule.epochs):
@@ -225,7 +224,7 @@ def fit(
         if record["test_top1"] > best_top1:
             best_epoch, best_top1 = epoch + 1, record["test_top1"]
         if checkpoint is not None and distributed.is_main():
-            artifacts.save_tensors(Path(checkpoint), {
+            artifacts.save_checkpoint(Path(checkpoint), {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
                 "history": history, "best_epoch": best_epoch, "best_top1": best_top1,
             })
@@ -235,6 +234,34 @@ def fit(
             f"lr {lr:.4f} ({timing['train_seconds']:.1f}s)"
         )
     return FitResult(history=history, best_epoch=best_epoch, best_top1=best_top1, timings=timings)
+
+
+def _resume(
+    checkpoint: Path, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[list[dict[str, float]], int, float] | None:
+    """Restore model, optimizer and RNG from `checkpoint`; returns (history, best epoch, best
+    top-1), or None to train from scratch: no checkpoint, or one that fails its sha256, that
+    `torch.load(weights_only=True)` cannot read or that does not fit this model (quarantined
+    with a warning naming it, by rank 0 only; see `kdlib.artifacts.load_checkpoint`)."""
+    main = distributed.is_main()
+    state = artifacts.load_checkpoint(checkpoint, quarantine_damaged=main)
+    if state is None:
+        return None
+    fresh_model = {k: v.clone() for k, v in model.state_dict().items()}
+    fresh_optimizer = copy.deepcopy(optimizer.state_dict())
+    try:
+        history = [dict(record) for record in state["history"]]
+        best_epoch, best_top1 = int(state["best_epoch"]), float(state["best_top1"])
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        model.load_state_dict(fresh_model)
+        optimizer.load_state_dict(fresh_optimizer)
+        if main:
+            artifacts.discard_checkpoint(checkpoint, f"does not fit this training run ({type(err).__name__}: {str(err)[:200]})")
+        return None
+    return history, best_epoch, best_top1
 
 
 def _silent(message: str) -> None:

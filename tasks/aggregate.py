@@ -218,33 +218,41 @@ def run(
     cfg: StudyConfig, teacher: common.Manifest, evaluations: list[common.Manifest], out_dir: Path,
     teachers: dict[str, common.Manifest] | None = None,
 ) -> common.Manifest:
-    """`teachers`: the manifests of the extra and fine-tuned teachers, by name (none: only `teacher`)."""
+    """`teachers`: the manifests of the extra and fine-tuned teachers, by name (none: only `teacher`).
+
+    The whole folder is built in a hidden sibling and swapped in for `out_dir` at once
+    (`artifacts.staged_dir`): a crash or an error leaves the previous results untouched, never
+    a mix of two studies, and stale files of the previous study do not survive a success."""
     out_dir = Path(out_dir)
     teachers = teachers or {}
     runs = per_run_table(evaluations)
     table = summarize(runs, cfg.students.methods)
     rows = teacher_rows(teacher, teachers)
-    artifacts.write_text(out_dir / "summary.csv", table.write_csv())
-    artifacts.write_text(out_dir / "summary.md", to_markdown(table, runs, teacher, cfg, rows))
-    per_epoch = curves(evaluations)
-    summary = {
-        "study": cfg.study, "teacher": teacher["meta"], "teachers": rows,
-        "methods": table.to_dicts(), "runs": runs.to_dicts(),
-        "comparisons": comparisons(runs, cfg.students.methods),
-        "conflict": conflict_summary(per_epoch, cfg.students.methods),
-        "reliability": pooled_reliability(evaluations),
-    }
-    artifacts.write_json(out_dir / "summary.json", summary)
-    for (method,), curve in per_epoch.group_by("method"):
-        artifacts.write_json(out_dir / "curves" / f"{method}.json", curve.drop("method").to_dicts())
-    ablation = [m for m in cfg.students.methods if cfg.method_settings(m).method in report.DHKD_ABLATION]
-    written = report.write(summary, per_epoch, cfg.students.methods, out_dir, ablation or None)
+    with artifacts.staged_dir(out_dir) as staging:
+        artifacts.write_text(staging / "summary.csv", table.write_csv())
+        artifacts.write_text(staging / "summary.md", to_markdown(table, runs, teacher, cfg, rows))
+        per_epoch = curves(evaluations)
+        summary = {
+            "study": cfg.study, "teacher": teacher["meta"], "teachers": rows,
+            "methods": table.to_dicts(), "runs": runs.to_dicts(),
+            "comparisons": comparisons(runs, cfg.students.methods),
+            "conflict": conflict_summary(per_epoch, cfg.students.methods),
+            "reliability": pooled_reliability(evaluations),
+        }
+        artifacts.write_json(staging / "summary.json", summary)
+        for (method,), curve in per_epoch.group_by("method"):
+            artifacts.write_json(staging / "curves" / f"{method}.json", curve.drop("method").to_dicts())
+        ablation = [m for m in cfg.students.methods if cfg.method_settings(m).method in report.DHKD_ABLATION]
+        written = report.write(summary, per_epoch, cfg.students.methods, staging, ablation or None)
+        meta = {"rows": table.height}
+        if cfg.tracking.enabled:
+            meta["mlflow_parent_run_id"] = tracking.log_study(cfg, teacher, evaluations, staging, teachers)
+        manifest = artifacts.write_manifest(
+            staging, STEP, key(cfg, teacher, evaluations, teachers), meta, final_dir=out_dir
+        )
     print(f"aggregate: report {out_dir / 'report.md'} (+ {len(written) - 1} files: html and figures)")
-    meta = {"rows": table.height}
-    if cfg.tracking.enabled:
-        meta["mlflow_parent_run_id"] = tracking.log_study(cfg, teacher, evaluations, out_dir, teachers)
     print(f"aggregate: results table in {out_dir / 'summary.md'}")
-    return artifacts.write_manifest(out_dir, STEP, key(cfg, teacher, evaluations, teachers), meta)
+    return manifest
 
 
 def cached(

@@ -5,6 +5,7 @@ never import Prefect.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -23,8 +24,8 @@ class StoreCachePolicy(CachePolicy):
     With result storage rooted at the store (`common.result_storage`), Prefect's cache record
     lives inside the artifact folder it describes: delete the folder and the record goes with
     it, so a cache hit never points at a missing artifact. A folder that fails its manifest
-    check loses its record here, so the task runs and `run_in_store` rebuilds the folder
-    under its lock.
+    check (shape or hashes) loses its record here, so the task runs and `run_in_store`
+    quarantines the folder and rebuilds it under its lock.
     """
 
     step: str = ""
@@ -36,5 +37,8 @@ class StoreCachePolicy(CachePolicy):
         key = self.key_fn(**inputs)
         folder = store_dir(inputs["cfg"], self.step, key)
         if folder.exists() and not artifacts.is_complete(folder):
-            (folder / RESULT_RECORD).unlink(missing_ok=True)
+            # a missing file, a bad hash or a manifest of the wrong shape: drop the record, so
+            # the task runs and `run_in_store` quarantines and rebuilds the folder under its lock
+            with contextlib.suppress(NotADirectoryError):
+                (folder / RESULT_RECORD).unlink(missing_ok=True)
         return f"{self.step}/{key}/{RESULT_RECORD}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import shutil
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -54,23 +54,43 @@ def store_dir(cfg: StudyConfig, step: str, key: str) -> Path:
 def checkpoint_path(cfg: StudyConfig, step: str, key: str) -> Path:
     """Where a training step keeps its per-epoch checkpoint: keyed like its artifact, so
     re-running the same command (either front door) resumes, and other inputs never do.
-    Hold `artifacts.exclusive(path.with_suffix(".lock"))` while using it."""
+    Hold `artifacts.exclusive(path.with_suffix(".lock"))` while using it. The file carries
+    its sha256 (`artifacts.save_checkpoint`); a damaged one is moved to
+    `<runtime.store>/quarantine/checkpoints/<step>/<key>.pt-<UTC time>` and training starts
+    from scratch (`kdlib.train.fit`)."""
     return Path(cfg.runtime.store) / "checkpoints" / step / f"{key}.pt"
+
+
+def write_roots(cfg: StudyConfig) -> tuple[Path, Path]:
+    """Where a step may write: the project directory (the current one) and the study's store."""
+    return Path.cwd(), Path(cfg.runtime.store)
 
 
 def run_in_store(cfg: StudyConfig, step: str, key: str, body: Callable[[Path], Manifest]) -> Manifest:
     """Reuse the artifact folder of this key if it is complete, else (re)build it, under a lock.
 
-    Sets torch's threads first: on a Dask worker this is the first code of the study that runs.
+    A folder that is there but incomplete or damaged (no manifest, a manifest of the wrong
+    shape, a file that fails its hash) is moved to `<store>/quarantine/<step>/<key>-<UTC time>`
+    (`artifacts.quarantine`, under the folder's lock) and rebuilt; nothing is deleted.
+    Sets torch's threads first (on a Dask worker this is the first code of the study that
+    runs), and allows writes only under `write_roots` while the step runs: each task of the
+    flow runs here, so this is where the flow's tasks set the roots (scoped to the task, so
+    they never outlive it in the caller's thread).
     """
     setup_torch(cfg)
     out_dir = store_dir(cfg, step, key)
-    with artifacts.exclusive(out_dir.parent / f".{key}.lock"):
-        if artifacts.is_complete(out_dir):
+    with artifacts.writes_under(*write_roots(cfg)), artifacts.exclusive(out_dir.parent / f".{key}.lock"):
+        try:
+            manifest = artifacts.read_manifest(out_dir)
+        except FileNotFoundError:
+            problem = "has no manifest.json (its step did not finish)"
+        except ValueError as err:
+            problem = f"is damaged ({err})"
+        else:
             print(f"{step}: reusing {out_dir}")
-            return artifacts.read_manifest(out_dir)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
+            return manifest
+        if os.path.lexists(out_dir):
+            artifacts.quarantine(out_dir, problem, root=Path(cfg.runtime.store))
         return body(out_dir)
 
 
@@ -170,4 +190,6 @@ def cli(
         print(f"--teacher {args.teacher!r} is not a declared teacher: {', '.join(cfg.teacher_names())}", file=sys.stderr)
         raise SystemExit(2)
     setup_torch(cfg)
+    # a `python -m tasks.<step>` process (a DVC stage) writes only in the project and the store
+    artifacts.allow_writes_under(*write_roots(cfg))
     return cfg, args

@@ -2,7 +2,9 @@
 
 Writes `metrics.json` (accuracy, calibration, teacher fidelity, and the neural-collapse
 metrics the student's last epoch recorded) and `reliability.json` (the reliability
-diagram's per-bin sums, poolable over seeds).
+diagram's per-bin sums, poolable over seeds). A failed student (its manifest's meta has
+`failed`) gets both too: `metrics.json` with its error, `reliability.json` with empty bins
+and the error, so both front doors carry the failure on to the table.
 """
 from __future__ import annotations
 
@@ -32,6 +34,11 @@ def fidelity_teacher(cfg: StudyConfig, method: str) -> str:
     return (student_teachers(cfg, method) or [MAIN_TEACHER])[0]
 
 
+def failed_diagram(bins: int, error: str) -> dict[str, Any]:
+    """The reliability diagram of a failed student: every bin empty, and the error."""
+    return {"count": [0.0] * bins, "confidence_sum": [0.0] * bins, "correct": [0.0] * bins, "failed": error}
+
+
 def key(cfg: StudyConfig, data: common.Manifest, logits: common.Manifest, student: common.Manifest) -> str:
     return common.cache_key(STEP, cfg.evaluation.model_dump(), [data, logits, student], CODE_ROOTS)
 
@@ -41,7 +48,10 @@ def run(
 ) -> common.Manifest:
     s = student["meta"]
     if "failed" in s:
+        # failure is a result: every output of the DVC stage is written (an empty reliability
+        # diagram marked failed), so `dvc repro` goes on to aggregate, which marks the method
         metrics = {"method": s["method"], "seed": s["seed"], "failed": s["failed"]}
+        artifacts.write_json(Path(out_dir) / RELIABILITY, failed_diagram(cfg.evaluation.ece_bins, s["failed"]))
         print(f"evaluate {s['method']} seed {s['seed']}: the student failed ({s['failed']})")
     else:
         ds = load_dataset(Path(data["dir"]) / "dataset.pt")

@@ -1,6 +1,7 @@
 """prepare_data: build the data set named by `data` once, as one tensor file."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ def build(cfg: StudyConfig) -> Dataset:
 
 
 def run(cfg: StudyConfig, out_dir: Path) -> common.Manifest:
+    k = key(cfg)  # reads data.path's digest: a data folder it cannot read fails before anything is written
     ds = build(cfg)
     save_dataset(ds, Path(out_dir) / DATASET)
     meta = {
@@ -51,7 +53,7 @@ def run(cfg: StudyConfig, out_dir: Path) -> common.Manifest:
         "shape": list(ds.x_train.shape[1:]),
     }
     print(f"prepare_data: {ds.name}, {meta['num_train']} train / {meta['num_test']} test images of shape {meta['shape']}")
-    return artifacts.write_manifest(out_dir, STEP, key(cfg), meta)
+    return artifacts.write_manifest(out_dir, STEP, k, meta)
 
 
 def cached(cfg: StudyConfig) -> common.Manifest:
@@ -65,8 +67,12 @@ def prefect_task() -> Any:
 
 
 def main() -> None:
-    cfg, _ = common.cli(__doc__)
-    run(cfg, common.dvc_dir(STEP))
+    cfg, args = common.cli(__doc__)
+    try:
+        run(cfg, common.dvc_dir(STEP))  # builds the data set first: nothing is written before it exists
+    except ValueError as err:  # a bad data source (kdlib.data.sources.base.DataSourceError, ...): it names the file
+        print(f"cannot build the data set of {args.params}:\n  {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

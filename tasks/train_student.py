@@ -23,6 +23,7 @@ from kdlib.logit_cache import LogitCache
 from kdlib.methods.base import build_method, method_class
 from kdlib.metrics import topk_accuracy
 from kdlib.models import build_model
+from kdlib.models.init import initial_model, start_near
 from kdlib.train import NonFiniteLossError, Speed, fit, predict, resolve_device
 from tasks import common
 
@@ -52,6 +53,9 @@ def config_slice(cfg: StudyConfig, method: str, seed: int) -> dict:
     }
     if trains_online_teacher(cfg, method):
         sliced["online_teacher"] = {"arch": cfg.teacher.arch}
+    if cfg.students.init_from_teacher is not None:  # what the student starts from
+        teacher = {"arch": cfg.teacher.arch, "seed": cfg.teacher.seed}
+        sliced["init_from_teacher"] = {**cfg.students.init_from_teacher.model_dump(), "teacher": teacher}
     return sliced
 
 
@@ -112,6 +116,10 @@ def run(cfg: StudyConfig, method: str, seed: int, data: common.Manifest, logits:
     cache = caches[0] if caches else None
     torch.manual_seed(seed)
     student = build_model(cfg.students.arch, ds.num_classes, ds.num_channels, ds.image_size)
+    if cfg.students.init_from_teacher is not None:  # near `teacher`'s initialisation (kdlib.models.init)
+        start = cfg.students.init_from_teacher
+        teacher_init = initial_model(cfg.teacher.arch, cfg.teacher.seed, ds.num_classes, ds.num_channels, ds.image_size)
+        start_near(student, teacher_init, start.noise, start.variance_preserving)
     if spec.online_teacher:
         model = spec.build(student, build_model(cfg.teacher.arch, ds.num_classes, ds.num_channels, ds.image_size))
     elif "feature_norms" in spec.cached:

@@ -3,11 +3,19 @@
 `teacher` is trained under the name "teacher"; each entry of `teachers` (extra teachers,
 for multi_teacher_kd) by the same code under its own name. A name is not part of the key:
 two teachers with the same config share one artifact in the store.
+
+A teacher that is not trained here is this step's output all the same, with the same files
+(weights, an empty history, test metrics): `checkpoint`, a released CRD / mdistiller / DHKD
+teacher, loaded and keyed by the file's content (not its path); `untrained`, the random
+initialisation of its seed (Sarnthein et al. 2023). A checkpoint that cannot be that teacher
+stops the step (exit 2), naming what does not fit.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import sys
 
 import torch
 
@@ -16,6 +24,8 @@ from kdlib.config import MAIN_TEACHER, StudyConfig, TeacherConfig
 from kdlib.data.dataset import Dataset, load_dataset
 from kdlib.metrics import evaluate_logits
 from kdlib.models import build_model
+from kdlib.models.checkpoint import CheckpointError, load_checkpoint_model
+from kdlib.models.init import initial_model
 from kdlib.objective import CrossEntropy
 from kdlib.train import FitResult, Speed, fit, predict, resolve_device
 from tasks import common
@@ -23,6 +33,7 @@ from tasks import common
 STEP = "train_teacher"
 CODE_ROOTS = ("tasks.train_teacher",)
 MODEL, HISTORY = "model.pt", "history.json"
+CHECKPOINT_DIGESTS = ".checkpoint-digests.json"  # in the store: sha256 per checkpoint file, by (path, size, mtime)
 
 
 def teacher_config(cfg: StudyConfig, name: str) -> TeacherConfig:
@@ -31,7 +42,16 @@ def teacher_config(cfg: StudyConfig, name: str) -> TeacherConfig:
 
 
 def config_slice(cfg: StudyConfig, name: str = MAIN_TEACHER) -> dict:
-    return {"teacher": teacher_config(cfg, name).model_dump(), "augment": cfg.augment.model_dump()}
+    """What the teacher is made from: a trained one's config and the augmentation; a released
+    checkpoint's arch and the file's content digest (the same file elsewhere is the same
+    teacher; a file replaced at the same path is another); an untrained one's arch and seed."""
+    tc = teacher_config(cfg, name)
+    if tc.checkpoint is not None:
+        digest = artifacts.content_digest(Path(tc.checkpoint), Path(cfg.runtime.store) / CHECKPOINT_DIGESTS)
+        return {"teacher": {"arch": tc.arch, "checkpoint_content": digest}}
+    if tc.untrained:
+        return {"teacher": {"arch": tc.arch, "seed": tc.seed, "untrained": True}}
+    return {"teacher": tc.model_dump(), "augment": cfg.augment.model_dump()}
 
 
 def key(cfg: StudyConfig, data: common.Manifest, name: str = MAIN_TEACHER) -> str:
@@ -49,8 +69,22 @@ def load_teacher(cfg: StudyConfig, data: common.Manifest, teacher: common.Manife
 def run(cfg: StudyConfig, data: common.Manifest, out_dir: Path, name: str = MAIN_TEACHER) -> common.Manifest:
     k = key(cfg, data, name)
     tc = teacher_config(cfg, name)
-    checkpoint = common.checkpoint_path(cfg, STEP, k)
     ds = load_dataset(Path(data["dir"]) / "dataset.pt")
+    if tc.untrained:
+        print(f"train_teacher: {name} is the untrained {tc.arch} of seed {tc.seed}")
+        meta = {"arch": tc.arch, "made": "untrained", "seed": tc.seed}
+        model = initial_model(tc.arch, tc.seed, ds.num_classes, ds.num_channels, ds.image_size)
+        return write_teacher(cfg, model, ds, None, out_dir, STEP, k, meta)
+    if tc.checkpoint is not None:
+        model, digest = load_checkpoint_model(
+            tc.arch, ds.num_classes, ds.num_channels, ds.image_size, tc.checkpoint, tc.checkpoint_sha256
+        )
+        if digest != config_slice(cfg, name)["teacher"]["checkpoint_content"]:
+            raise CheckpointError(f"checkpoint {tc.checkpoint} changed while {name} was being made from it; run again")
+        print(f"train_teacher: {name} is the released {tc.arch} of {tc.checkpoint} (sha256 {digest})")
+        meta = {"arch": tc.arch, "made": "checkpoint", "checkpoint_sha256": digest}
+        return write_teacher(cfg, model, ds, None, out_dir, STEP, k, meta)
+    checkpoint = common.checkpoint_path(cfg, STEP, k)
     torch.manual_seed(tc.seed)
     model = build_model(tc.arch, ds.num_classes, ds.num_channels, ds.image_size)
     with artifacts.exclusive(checkpoint.with_suffix(".lock")):
@@ -61,19 +95,22 @@ def run(cfg: StudyConfig, data: common.Manifest, out_dir: Path, name: str = MAIN
             device=resolve_device(cfg.runtime.device), label=f"{name} {tc.arch}", checkpoint=checkpoint,
             speed=Speed.for_device(resolve_device(cfg.runtime.device), cfg.runtime.compile),
         )
-        manifest = write_teacher(cfg, model, ds, result, out_dir, STEP, k, {"arch": tc.arch})
+        manifest = write_teacher(cfg, model, ds, result, out_dir, STEP, k, {"arch": tc.arch, "made": "trained"})
         checkpoint.unlink(missing_ok=True)
     return manifest
 
 
 def write_teacher(
-    cfg: StudyConfig, model: torch.nn.Module, ds: Dataset, result: FitResult, out_dir: Path, step: str, k: str,
+    cfg: StudyConfig, model: torch.nn.Module, ds: Dataset, result: FitResult | None, out_dir: Path, step: str, k: str,
     meta: dict[str, Any],
 ) -> common.Manifest:
-    """Write a trained teacher's weights, history and test metrics, then its manifest
-    (train_teacher and finetune_teacher share this layout, so `load_teacher` reads both)."""
+    """Write a teacher's weights, history and test metrics, then its manifest (train_teacher
+    and finetune_teacher share this layout, so `load_teacher` reads both). `result` None: a
+    teacher not trained here, with an empty history, best epoch 0 and its test top-1 as best."""
     model.cpu()
     metrics = evaluate_logits(predict(model, ds.x_test, ds), ds.y_test, ece_bins=cfg.evaluation.ece_bins)
+    if result is None:
+        result = FitResult(history=[], best_epoch=0, best_top1=metrics["top1"], timings=[])
     artifacts.save_tensors(Path(out_dir) / MODEL, model.state_dict())
     artifacts.write_json(Path(out_dir) / HISTORY, result.history)
     common.write_timings(out_dir, result.timings)
@@ -104,7 +141,12 @@ def main() -> None:
     if args.teacher != MAIN_TEACHER and args.teacher not in cfg.teachers:
         raise SystemExit(f"--teacher {args.teacher!r}: train_teacher trains `teacher` and the entries of `teachers`")
     data = common.dvc_input("prepare_data")
-    run(cfg, data, common.dvc_dir(STEP, teacher=args.teacher), args.teacher)
+    try:
+        run(cfg, data, common.dvc_dir(STEP, teacher=args.teacher), args.teacher)
+    except CheckpointError as err:
+        field = "teacher" if args.teacher == MAIN_TEACHER else f"teachers.{args.teacher}"
+        print(f"train_teacher: {field}.checkpoint: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""SinKD: the batch-wise Sinkhorn distance between student and teacher predictions."""
+"""SinKD: the batch-wise Sinkhorn distance between student and teacher predictions, and the
+soft cross-entropy the SinKD code uses as its KD term."""
 from __future__ import annotations
 
 import torch
@@ -37,3 +38,19 @@ def sinkhorn_loss(
         log_p = log_p - torch.logsumexp(log_p, dim=1, keepdim=True)
         log_p = log_p - torch.logsumexp(log_p, dim=0, keepdim=True)
     return (log_p.exp() * W).sum()
+
+
+def soft_cross_entropy(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SinKD's KD term: ``mean_n -sum_c softmax(t/T)_c log softmax(s/T)_c``, with no ``T^2``.
+
+    The SinKD code's ``DistillKL`` (2018cx/SinKD, loss.py:15-17). It equals
+    ``kd_loss(s, t, T) / T^2`` plus the teacher's entropy at ``T``, a constant: the same
+    gradient as Hinton's KL divided by ``T^2``, a value larger by that entropy.
+    """
+    check_pair(student, teacher)
+    check_temperature(temperature)
+    dt = compute_dtype(student, teacher)
+    T = float(temperature)
+    log_ps = F.log_softmax(student.to(dt) / T, dim=1)
+    p_t = F.softmax(teacher.detach().to(dt) / T, dim=1)
+    return -(p_t * log_ps).sum(dim=1).mean()

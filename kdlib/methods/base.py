@@ -32,7 +32,9 @@ from kdlib.objective import Objective
 
 
 class MethodSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: a temperature or weight of .inf / .nan is refused at validation
+    # ("methods.kd.temperature: Input should be a finite number"), not in the first step.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     method: str = Field("", description="registry name, when the entry's name is a variant")
     teacher: str = Field(
         MAIN_TEACHER, exclude=True,
@@ -48,6 +50,13 @@ class Method(Objective):
     dual_head: ClassVar[bool] = False
     online_teacher: ClassVar[bool] = False
     """Trains its own teacher (arch `teacher.arch`) beside the student: reads no logit cache."""
+    min_classes: ClassVar[int] = 2
+    """The fewest classes its losses can learn from, checked against the data set when the
+    study is validated (`StudyConfig._check_classes`). 2 for all: with 1 class every loss is
+    constant. A family whose term vanishes at 2 classes sets 3: a term over the non-target
+    classes alone (DKD's NCKD, NKD's, USKD's) is 0 with one non-target class, and a row
+    z-score (logit standardization, Z-loss) or a Pearson correlation across the classes
+    (DIST's inter-class term) of 2 values is the constant +-1, so it has no gradient."""
     cached: ClassVar[tuple[str, ...]] = ("logits",)
     """The cached teacher tensors it reads per batch (`kdlib.logit_cache.TeacherBatch` fields).
     A method reading only the dense logits gets them as a tensor in `forward_train`'s

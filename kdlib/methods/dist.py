@@ -19,6 +19,7 @@ class DIST(Method):
     """DIST: CE + tau^2 (beta * inter + gamma * intra); CIFAR defaults beta = gamma = 2, tau = 4."""
 
     name = "dist"
+    min_classes = 3  # the inter-class Pearson correlation of 2 values is +-1: no gradient
     Settings = DISTSettings
 
     def forward_train(self, model, x, target, teacher, epoch):

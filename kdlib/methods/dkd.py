@@ -25,6 +25,7 @@ class DKD(Method):
     """Decoupled KD: CE + min(epoch / warmup, 1) * T^2 (alpha TCKD + beta NCKD)."""
 
     name = "dkd"
+    min_classes = 3  # NCKD, over the non-target classes alone, is 0 with one
     Settings = DKDSettings
 
     def kernels(self):

@@ -24,6 +24,7 @@ class KDLS(Method):
     """
 
     name = "kd+ls"
+    min_classes = 3  # z-scored logits of 2 classes are +-1 whatever they are: the KD term has no gradient
     Settings = KDLSSettings
 
     def kernels(self):
@@ -43,16 +44,25 @@ class KDLS(Method):
 
 
 class DKDLSSettings(DKDSettings):
-    temperature: float = Field(2.0, gt=0, description="base temperature after standardization")
+    temperature: float = Field(2.0, gt=0, description="base temperature after standardization (--base-temp)")
+    kd_weight: float = Field(
+        9.0, ge=0, description="--kd-weight: multiplies alpha and beta (the LS repo's DKD+LS: 9, so alpha 9, "
+        "beta 72); 1 keeps DKD's alpha and beta as they are",
+    )
 
 
 @register
 class DKDLS(Method):
     """DKD + logit standardization: CE on the raw logits + ramped DKD on the z-scored
-    student and teacher logits. DKD's defaults (alpha 1, beta 8, warmup 20) with LS's T = 2.
+    student and teacher logits, with (kd_weight alpha, kd_weight beta); the LS repo's CIFAR
+    DKD+LS run by default: alpha 1 x 9, beta 8 x 9, T 2, warmup 20.
+
+    The LS code (`tools/train.py:115-118`) multiplies DKD's alpha and beta by `--kd-weight`
+    (9 in the README's DKD+LS command) and sets T to `--base-temp` (2).
     """
 
     name = "dkd+ls"
+    min_classes = 3  # z-scored logits of 2 classes are +-1 whatever they are: the KD term has no gradient
     Settings = DKDLSSettings
 
     def kernels(self):
@@ -68,5 +78,5 @@ class DKDLS(Method):
         zt = logit_standardization.logit_standardize(teacher.detach())
         return logits, {
             "ce": s.ce_weight * ce.cross_entropy(logits, target),
-            "dkd": ramp * self.loss(dkd.dkd_loss)(zs, zt, target, s.alpha, s.beta, s.temperature),
+            "dkd": ramp * self.loss(dkd.dkd_loss)(zs, zt, target, s.kd_weight * s.alpha, s.kd_weight * s.beta, s.temperature),
         }

@@ -76,6 +76,7 @@ class DKDPP(NDMethod):
     the ND repo's resnet32x4 -> resnet8x4 run: alpha 2, beta 8, T 4, ND 0.5, warmup 20."""
 
     name = "dkd++"
+    min_classes = 3  # DKD's NCKD is 0 with one non-target class
     Settings = DKDPPSettings
 
     def kernels(self):

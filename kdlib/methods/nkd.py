@@ -19,6 +19,7 @@ class NKD(Method):
     (ImageNet uses T = 1, gamma = 1.5)."""
 
     name = "nkd"
+    min_classes = 3  # L_non, over the non-target classes alone, is 0 with one
     Settings = NKDSettings
 
     def forward_train(self, model, x, target, teacher, epoch):

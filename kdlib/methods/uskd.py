@@ -24,6 +24,7 @@ class USKD(Method):
     defaults of the authors' config: alpha = beta = mu = 0.1."""
 
     name = "uskd"
+    min_classes = 3  # L_non, over the non-target classes alone, is 0 with one
     Settings = USKDSettings
     needs_teacher = False
 

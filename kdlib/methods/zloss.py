@@ -23,6 +23,7 @@ class ZLoss(Method):
     """
 
     name = "zloss"
+    min_classes = 3  # the z-score of 2 logits is +-1 whatever they are: no gradient
     Settings = ZLossSettings
     needs_teacher = False
 

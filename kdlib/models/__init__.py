@@ -5,8 +5,13 @@ parameter counts are comparable with the published KD literature:
 
 - CIFAR ResNets (He et al. 2016, Sec. 4.2): BasicBlock, 3 stages, depth 6n+2.
 - Wide ResNets (Zagoruyko & Komodakis 2016): pre-activation blocks, depth 6n+4.
-- VGG8 / VGG13 with batch norm, as used in CRD and mdistiller.
+- VGG8 / 11 / 13 / 16 / 19 with batch norm, as used in CRD and mdistiller.
+- The zoo's ResNet50 (four stages of bottlenecks), MobileNetV2 (`mobile_half`), ShuffleV1,
+  ShuffleV2, and MobileNetV1 (its ImageNet student), under the official names.
 - A small MLP, as a deliberately weak student / sanity baseline.
+
+Parameter names are the official code's, except that every head is `classifier`
+(`kdlib.models.checkpoint` loads the released teachers, mapping the official names).
 
 Every model has the same contract, so the training code never special-cases an
 architecture:
@@ -27,7 +32,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from kdlib.models import mlp, resnet, vgg, wrn
+from kdlib.models import mlp, mobilenet, resnet, shufflenet, vgg, wrn
 from kdlib.models.heads import DualHead
 from kdlib.models.layers import init_weights
 
@@ -37,7 +42,9 @@ from kdlib.models.layers import init_weights
 # All share the signature (num_classes, in_channels=3, image_size=32) so callers
 # can build any architecture from a config string. Each family lists its own.
 
-ARCHS: dict[str, Callable[..., nn.Module]] = {**resnet.ARCHS, **wrn.ARCHS, **vgg.ARCHS, **mlp.ARCHS}
+ARCHS: dict[str, Callable[..., nn.Module]] = {
+    **resnet.ARCHS, **wrn.ARCHS, **vgg.ARCHS, **mobilenet.ARCHS, **shufflenet.ARCHS, **mlp.ARCHS
+}
 
 
 def count_parameters(model: nn.Module) -> int:

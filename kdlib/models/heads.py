@@ -12,11 +12,32 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlib.models.mlp import MLP
-from kdlib.models.resnet import ResNet
+from kdlib.models.mobilenet import MobileNetV1, MobileNetV2
+from kdlib.models.resnet import BottleneckResNet, ResNet
+from kdlib.models.shufflenet import ShuffleNetV1, ShuffleNetV2
 from kdlib.models.vgg import VGG
 from kdlib.models.wrn import WideResNet
 
-DUAL_HEADS = ("linear", "mlp")
+DUAL_HEADS = ("linear", "nonlinear", "mlp")
+"""Second heads a DualHead builds: `linear` is `Linear(d, C)`; `nonlinear` is the official DHKD
+code's `NonLinearClassifier` (penghui-yang/DHKD, models/classifier.py:4-15); `mlp` is kdflow's
+earlier name for the same layers, kept so that study files naming it build the same head."""
+
+
+def nonlinear_classifier(in_features: int, num_classes: int) -> nn.Sequential:
+    """DHKD's `NonLinearClassifier` (models/classifier.py:9-15): `Linear(d, 200)`, `Dropout(0.1)`,
+    `BatchNorm1d(200)`, `ReLU`, `Linear(200, C)`, in that order, both linears with a bias. Every
+    layer keeps PyTorch's default initialisation, as in the official ResNet and ShuffleNet students
+    (the quick start's ShuffleV2), whose init loops touch only conv and 2-d batch-norm layers; the
+    official WRN, VGG and MobileNetV2 loops also re-initialise its linears (zero bias; VGG and
+    MobileNetV2 weights N(0, 0.01)), which kdflow does not do for any Linear (`models.layers`)."""
+    return nn.Sequential(
+        nn.Linear(in_features, 200),
+        nn.Dropout(0.1),
+        nn.BatchNorm1d(200),
+        nn.ReLU(inplace=True),
+        nn.Linear(200, num_classes),
+    )
 
 
 class DualHead(nn.Module):
@@ -38,16 +59,7 @@ class DualHead(nn.Module):
         self.backbone_model = model
         d, c = head1.in_features, head1.out_features
         self.feature_dim: int = d
-        if head == "linear":
-            self.aux_head: nn.Module = nn.Linear(d, c)
-        else:
-            self.aux_head = nn.Sequential(
-                nn.Linear(d, 200),
-                nn.Dropout(0.1),
-                nn.BatchNorm1d(200),
-                nn.ReLU(inplace=True),
-                nn.Linear(200, c),
-            )
+        self.aux_head: nn.Module = nn.Linear(d, c) if head == "linear" else nonlinear_classifier(d, c)
 
     @property
     def classifier(self) -> nn.Linear:
@@ -63,22 +75,33 @@ def intermediate_stage(model: nn.Module) -> tuple[str, int]:
     """(submodule name, channels) of the output of a model's second-to-last stage.
 
     The stage before the last, as USKD's weak head reads (the authors' code takes the
-    backbone's second-to-last stage output): ResNet `layer2` (post-ReLU), WideResNet
-    `block2` (the pre-activation residual stream, as the next block receives it), VGG's
-    fourth stage (its last ReLU), MLP's first hidden layer (its ReLU).
+    backbone's second-to-last stage output): ResNet `layer2` (post-ReLU), ResNet50 `layer3`,
+    WideResNet `block2` (the pre-activation residual stream, as the next block receives
+    it), VGG's fourth stage `block3` (its last ReLU), ShuffleNets' `layer2`, MobileNetV2's
+    `blocks.4` and MobileNetV1's `model.11` (the third of the four feature stages their
+    official code exposes), MLP's first hidden layer (its ReLU).
     """
     if isinstance(model, ResNet):
         return "layer2", model.layer2[-1].bn2.num_features
+    if isinstance(model, BottleneckResNet):
+        return "layer3", model.layer3[-1].bn3.num_features
     if isinstance(model, WideResNet):
         return "block2", model.block2[-1].conv2.out_channels
     if isinstance(model, VGG):
-        end = model.stage_ends[-2]
-        return f"features.{end}", model.features[end - 2].out_channels
+        return "block3", model.block3[-2].num_features
+    if isinstance(model, ShuffleNetV1):
+        return "layer2", model.layer2[-1].bn3.num_features
+    if isinstance(model, ShuffleNetV2):
+        return "layer2", model.layer2[0].bn2.num_features * 2
+    if isinstance(model, MobileNetV2):
+        return "blocks.4", model.blocks[4][-1].conv[-1].num_features
+    if isinstance(model, MobileNetV1):
+        return "model.11", model.model[11][-2].num_features
     if isinstance(model, MLP):
         return "body.2", model.body[1].out_features
     raise TypeError(
-        f"no intermediate stage known for {type(model).__name__}: a weak head needs a "
-        "ResNet, WideResNet, VGG or MLP (every arch of kdlib.models.ARCHS)"
+        f"no intermediate stage known for {type(model).__name__}: a weak head needs one of the "
+        "architectures of kdlib.models.ARCHS"
     )
 
 

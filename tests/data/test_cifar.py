@@ -6,6 +6,8 @@ import hashlib
 import io
 import os
 import pickle
+import random
+import re
 import tarfile
 from pathlib import Path
 
@@ -13,10 +15,14 @@ import numpy as np
 import pytest
 import torch
 
+from kdlib.config import DataConfig
+from kdlib.data.sources import cifar
+from kdlib.data.sources.base import DataSourceError, MissingDataError, source_class
 from kdlib.data.sources.cifar import (
     CIFAR10_MD5,
     CIFAR100_MD5,
     CIFAR_MD5,
+    ChecksumError,
     RestrictedUnpickler,
     UnsafeArchiveError,
     load_cifar,
@@ -129,7 +135,7 @@ def test_codecs_encode_only_latin1() -> None:
 def test_garbled_pickle_is_a_value_error_naming_the_file(tmp_path: Path) -> None:
     members = cifar100_members(train_override=b"\x80\x02}q\x00(U\x04data")
     archive = write_tar(tmp_path / "trunc.tar.gz", members)
-    with pytest.raises(ValueError, match="cannot unpickle .*cifar-100-python/train"):
+    with pytest.raises(ValueError, match="member cifar-100-python/train: not a readable pickle"):
         load_cifar(archive, "cifar100")
 
 
@@ -150,10 +156,11 @@ def test_missing_member_and_archive(tmp_path: Path) -> None:
     members = cifar100_members()
     del members["cifar-100-python/meta"]
     archive = write_tar(tmp_path / "nometa.tar.gz", members)
-    with pytest.raises(ValueError, match="has no member 'cifar-100-python/meta'") as info:
+    with pytest.raises(ValueError, match=r"not a CIFAR-100 python archive \(member cifar-100-python/meta missing\)") as info:
         load_cifar(archive, "cifar100")
     assert str(archive) in str(info.value)
-    with pytest.raises(ValueError, match="has no member 'cifar-10-batches-py/"):
+    with pytest.raises(ValueError, match=r"not a CIFAR-10 python archive \(member cifar-10-batches-py/.* missing; it holds "
+                       r"cifar-100-python/, the CIFAR-100 python archive: data.source cifar100\?\)"):
         load_cifar(archive, "cifar10")  # wrong variant for this archive
     with pytest.raises(FileNotFoundError):
         load_cifar(tmp_path / "absent.tar.gz", "cifar100")
@@ -200,3 +207,174 @@ def test_md5(tmp_path: Path) -> None:
         "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
     }
     assert CIFAR10_MD5 == "c58f30108f718f92721af3b95e74349a"
+
+
+# --------------------------------------------------------------------------- #
+# One test per kind of bad archive, written in the real format: each is a
+# DataSourceError (a ValueError) whose message starts with the archive's path.
+# --------------------------------------------------------------------------- #
+def archive_error(archive: Path, variant: str = "cifar100") -> str:
+    with pytest.raises(DataSourceError) as info:
+        load_cifar(archive, variant)  # type: ignore[arg-type]
+    msg = str(info.value)
+    assert msg.startswith(f"{archive}: "), msg
+    return msg.removeprefix(f"{archive}: ")
+
+
+def plain_tar(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, payload in members.items():
+            add_bytes(tf, name, payload)
+    return buf.getvalue()
+
+
+def test_truncated_archive(tmp_path: Path) -> None:
+    whole = write_tar(tmp_path / "whole.tar.gz", cifar100_members()).read_bytes()
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    assert archive_error(cut) == (
+        "truncated archive (EOFError: Compressed file ended before the end-of-stream marker was reached)"
+    )
+    raw = plain_tar(cifar100_members())  # an uncompressed tar cut inside a member
+    cut.write_bytes(raw[:9000])
+    assert archive_error(cut) == "truncated archive (ReadError: unexpected end of data)"
+
+
+@pytest.mark.parametrize(
+    "content, what",
+    [(b"", "an empty file"), (b"<html>404 Not Found</html>", "not a tar or tar.gz file"),
+     (b"PK\x03\x04" + bytes(100), "not a tar or tar.gz file")],
+    ids=["empty", "html", "zip"],
+)
+def test_not_an_archive(tmp_path: Path, content: bytes, what: str) -> None:
+    archive = tmp_path / "cifar-100-python.tar.gz"
+    archive.write_bytes(content)
+    assert archive_error(archive) == f"not a CIFAR-100 python archive ({what})"
+
+
+def test_wrong_members(tmp_path: Path) -> None:
+    renamed = {k.replace("cifar-100-python/", "cifar100/"): v for k, v in cifar100_members().items()}
+    archive = write_tar(tmp_path / "renamed.tar.gz", renamed)
+    assert archive_error(archive) == "not a CIFAR-100 python archive (member cifar-100-python/train missing)"
+    archive = write_tar(tmp_path / "c10.tar.gz", cifar10_members())
+    assert archive_error(archive) == (
+        "not a CIFAR-100 python archive (member cifar-100-python/train missing; it holds cifar-10-batches-py/, "
+        "the CIFAR-10 python archive: data.source cifar10?)"
+    )
+
+
+def test_a_folder_and_a_missing_archive(tmp_path: Path) -> None:
+    (tmp_path / "cifar-100-python").mkdir()
+    assert archive_error(tmp_path / "cifar-100-python") == (
+        "a folder, not the CIFAR-100 python archive (give the .tar.gz itself, not extracted)"
+    )
+    with pytest.raises(MissingDataError, match="absent.tar.gz: CIFAR archive not found") as info:
+        load_cifar(tmp_path / "absent.tar.gz", "cifar100")
+    assert isinstance(info.value, FileNotFoundError)
+
+
+def test_a_member_claiming_more_than_any_cifar_file_is_not_read(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(cifar, "MAX_MEMBER_BYTES", 1000)
+    archive = write_tar(tmp_path / "big.tar.gz", cifar100_members())
+    with pytest.raises(UnsafeArchiveError, match=r"member cifar-100-python/train claims \d+ bytes, more than any CIFAR file"):
+        load_cifar(archive, "cifar100")
+
+
+@pytest.mark.parametrize(
+    "train, what",
+    [
+        ({b"fine_labels": [2**70], b"coarse_labels": [0], b"data": images(1, 0)},
+         r"b'fine_labels' is not a list of integers \(OverflowError"),
+        ({b"fine_labels": [], b"coarse_labels": [], b"data": np.zeros((0, 3072), dtype=np.uint8)},
+         "no images in cifar-100-python/train"),
+        ({b"fine_labels": [0, 9], b"coarse_labels": [0, 0], b"data": images(2, 0)},
+         r"b'fine_labels' has labels outside \[0, 4\)"),
+        ([1, 2, 3], "expected a dict, got list"),
+    ],
+    ids=["label-overflow", "no-images", "label-range", "not-a-dict"],
+)
+def test_members_of_the_wrong_content(tmp_path: Path, train, what: str) -> None:
+    archive = write_tar(tmp_path / "c.tar.gz", cifar100_members(train_override=py2_pickle(train)))
+    assert re.search(what, archive_error(archive))
+
+
+def test_every_truncation_and_bit_flip_of_an_archive_is_a_named_error(tmp_path: Path) -> None:
+    """gzip, zlib, tarfile and pickle raise many types on a damaged archive; each comes back as
+    a DataSourceError naming it (a flip inside pixel data can leave a readable archive: the
+    MD5 check of `Source.build` is what refuses that one)."""
+    good = write_tar(tmp_path / "good.tar.gz", cifar100_members()).read_bytes()
+    rng = random.Random(0)
+    damaged = [good[:n] for n in range(0, len(good), len(good) // 60)]
+    for _ in range(60):
+        flipped = bytearray(good)
+        for _ in range(3):
+            flipped[rng.randrange(len(flipped))] = rng.randrange(256)
+        damaged.append(bytes(flipped))
+    archive = tmp_path / "damaged.tar.gz"
+    for content in damaged:
+        archive.write_bytes(content)
+        try:
+            load_cifar(archive, "cifar100")
+        except DataSourceError as err:
+            assert str(err).startswith(f"{archive}: "), err
+
+
+# --------------------------------------------------------------------------- #
+# The source: data.path's MD5 is checked before the archive is read (data.md5_check)
+# --------------------------------------------------------------------------- #
+def test_data_path_is_checked_against_the_official_md5_first(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_tar(tmp_path / "cifar-100-python.tar.gz", cifar100_members())
+    actual = md5_file(tmp_path / "cifar-100-python.tar.gz")
+    data = DataConfig(source="cifar100", path="cifar-100-python.tar.gz")
+    assert data.md5_check and "md5_check" not in data.model_dump()  # not part of prepare_data's key
+    with pytest.raises(ChecksumError) as info:
+        source_class("cifar100").build(data)
+    assert str(info.value) == (
+        f"data.path cifar-100-python.tar.gz: MD5 mismatch: expected {CIFAR100_MD5}, got {actual} (not the official "
+        "cifar-100-python.tar.gz); to read a modified archive, set data.md5_check: false"
+    )
+    accepted = DataConfig(source="cifar100", path="cifar-100-python.tar.gz", md5_check=False)
+    assert source_class("cifar100").build(accepted).num_classes == 4
+
+    half = (tmp_path / "cifar-100-python.tar.gz").read_bytes()
+    (tmp_path / "cifar-100-python.tar.gz").write_bytes(half[: len(half) // 2])
+    with pytest.raises(ChecksumError):  # checked before reading: the MD5, not the truncation, is reported
+        source_class("cifar100").build(data)
+    with pytest.raises(DataSourceError, match=r"^data\.path cifar-100-python\.tar\.gz: truncated archive \(EOFError"):
+        source_class("cifar100").build(accepted)
+
+
+def test_a_download_is_named_by_its_url(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    missing = (tmp_path / "nowhere.tar.gz").as_uri()
+    with pytest.raises(DataSourceError, match=rf"^data\.url {re.escape(missing)}: download failed \(URLError"):
+        source_class("cifar10").build(DataConfig(source="cifar10", url=missing))
+    assert not (tmp_path / "data" / ".cifar-10-python.tar.gz.download").exists()
+
+    served = write_tar(tmp_path / "served.tar.gz", cifar10_members())
+    data = DataConfig(source="cifar10", url=served.as_uri())
+    with pytest.raises(ChecksumError, match=rf"^data\.url {re.escape(served.as_uri())}: MD5 mismatch: expected "
+                                            rf"{CIFAR10_MD5} \(the official cifar-10-python.tar.gz\), got .*; nothing was kept"):
+        source_class("cifar10").build(data)
+    assert not any((tmp_path / "data").iterdir())
+    ds = source_class("cifar10").build(DataConfig(source="cifar10", url=served.as_uri(), md5_check=False))
+    assert ds.num_classes == 10 and (tmp_path / "data" / "cifar-10-python.tar.gz").is_file()
+
+    served.write_bytes(b"not a tar")  # a bad archive already downloaded: named by the url and the file
+    (tmp_path / "data" / "cifar-10-python.tar.gz").write_bytes(b"not a tar")
+    with pytest.raises(DataSourceError, match=rf"^data\.url {re.escape(served.as_uri())}: data/cifar-10-python\.tar\.gz: "
+                                              r"not a CIFAR-10 python archive \(not a tar or tar\.gz file\)"):
+        source_class("cifar10").build(DataConfig(source="cifar10", url=served.as_uri(), md5_check=False))
+
+
+def test_data_path_that_is_a_folder_or_a_pipe_is_refused_at_validation(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cifar-100-python").mkdir()
+    with pytest.raises(ValueError, match=r"data\.path cifar-100-python: a folder; source 'cifar100' reads the official "
+                                         r"archive itself \(cifar-100-python\.tar\.gz, not extracted\)"):
+        DataConfig(source="cifar100", path="cifar-100-python")
+    os.mkfifo(tmp_path / "c.tar.gz")  # reading it for its MD5 would block forever
+    with pytest.raises(ValueError, match=r"data\.path c\.tar\.gz: not a regular file"):
+        DataConfig(source="cifar100", path="c.tar.gz")

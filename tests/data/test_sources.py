@@ -46,13 +46,15 @@ def test_unknown_source_lists_the_allowed_names() -> None:
 
 def test_input_shape_is_the_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "set").mkdir()
+    for split in ("train", "test"):  # imagefolder's classes: the class folders of train/ (listed, not read)
+        for cls in ("cat", "dog", "emu"):
+            (tmp_path / "set" / split / cls).mkdir(parents=True)
     url = "https://example.org/archive.tar.gz"
     assert DataConfig(source="synthetic", image_size=12).input_shape() == (3, 12, 100)
     assert DataConfig(source="digits").input_shape() == (1, 8, 10)
     assert DataConfig(source="cifar100", url=url).input_shape() == (3, 32, 100)
     assert DataConfig(source="cifar10", url=url).input_shape() == (3, 32, 10)
-    assert DataConfig(source="imagefolder", path="set", image_size=16).input_shape() == (3, 16, 2)
+    assert DataConfig(source="imagefolder", path="set", image_size=16).input_shape() == (3, 16, 3)
     sized = {n for n in source_names() if source_class(n).takes_image_size}
     assert sized == {"synthetic", "imagefolder"}
 

@@ -18,7 +18,7 @@ from kdlib.losses.ldr import ldr_kl_loss
 from kdlib.losses.logit_standardization import logit_standardize
 from kdlib.losses.nkd import nkd_loss
 from kdlib.losses.pld import pld_loss
-from kdlib.losses.sinkd import sinkhorn_loss
+from kdlib.losses.sinkd import sinkhorn_loss, soft_cross_entropy
 from kdlib.losses.zloss import z_loss
 from kdlib.methods.base import method_class, method_names, validate_method_entry
 from kdlib.models import build_model
@@ -32,7 +32,7 @@ LS = logit_standardize
 ONE_HEAD = {
     "kd+ls": ({"temperature": 2.0, "ce_weight": 0.1, "kd_weight": 9.0}, {"ce", "kd"}, True),
     "dkd+ls": (
-        {"ce_weight": 1.0, "alpha": 1.0, "beta": 8.0, "temperature": 2.0, "warmup_epochs": 20},
+        {"ce_weight": 1.0, "alpha": 1.0, "beta": 8.0, "temperature": 2.0, "warmup_epochs": 20, "kd_weight": 9.0},
         {"ce", "dkd"},
         True,
     ),
@@ -40,9 +40,10 @@ ONE_HEAD = {
     "pld": ({"temperature": 4.0}, {"pld"}, True),
     "nkd": ({"ce_weight": 1.0, "temperature": 3.0, "gamma": 3.5}, {"ce", "nkd"}, True),
     "zloss": ({"a": 1.0, "b": 5.0}, {"zloss"}, False),
-    "ldr": ({"lam": 10.0, "delta": 2.0}, {"ldr"}, False),
+    "ldr": ({"lam": 10.0, "delta": 0.1}, {"ldr"}, False),
     "sinkd": (
-        {"alpha": 0.9, "beta": 0.1, "temperature": 2.0, "epsilon": 0.1, "iterations": 20},
+        {"alpha": 0.8, "temperature": 2.0, "kd_form": "soft_ce", "beta": 0.001, "sinkhorn_temperature": 2.0,
+         "epsilon": 0.1, "iterations": 20},
         {"ce", "kd", "sinkhorn"},
         True,
     ),
@@ -57,7 +58,8 @@ def expected_terms(name, logits, y, t, epoch=0):
         return {"ce": 0.1 * ce, "kd": 9.0 * kd_loss(LS(logits), LS(t), 2.0)}
     if name == "dkd+ls":
         ramp = min((epoch + 1) / 20, 1.0)
-        return {"ce": ce, "dkd": ramp * dkd_loss(LS(logits), LS(t), y, 1.0, 8.0, 2.0)}
+        # the LS code's DKD+LS: alpha and beta times --kd-weight 9
+        return {"ce": ce, "dkd": ramp * dkd_loss(LS(logits), LS(t), y, 9.0, 72.0, 2.0)}
     if name == "dist":
         return {"ce": ce, "dist": dist_loss(logits, t, 2.0, 2.0, 4.0)}
     if name == "pld":
@@ -67,12 +69,12 @@ def expected_terms(name, logits, y, t, epoch=0):
     if name == "zloss":
         return {"zloss": z_loss(logits, y, 1.0, 5.0)}
     if name == "ldr":
-        return {"ldr": ldr_kl_loss(logits, y, 10.0, 2.0)}
+        return {"ldr": ldr_kl_loss(logits, y, 10.0, 0.1)}
     if name == "sinkd":
         return {
-            "ce": 0.1 * ce,
-            "kd": 0.9 * kd_loss(logits, t, 2.0),
-            "sinkhorn": 0.1 * sinkhorn_loss(logits, t, 2.0, 0.1, 20),
+            "ce": 0.2 * ce,
+            "kd": 0.8 * soft_cross_entropy(logits, t, 2.0),
+            "sinkhorn": 0.001 * sinkhorn_loss(logits, t, 2.0, 0.1, 20),
         }
     raise AssertionError(name)
 

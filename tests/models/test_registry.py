@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kdlib.models import ARCHS, build_model, count_parameters
@@ -14,7 +15,8 @@ ALL_ARCHS = [
     "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
     "resnet8x4", "resnet32x4",
     "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2", "wrn_28_4",
-    "vgg8", "vgg13", "mlp",
+    "ResNet50", "vgg8", "vgg11", "vgg13", "vgg16", "vgg19",
+    "MobileNetV2", "MobileNetV1", "ShuffleV1", "ShuffleV2", "mlp",
 ]  # fmt: skip
 
 
@@ -62,6 +64,23 @@ def test_same_seed_same_weights(arch: str) -> None:
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHS)
+def test_one_training_step(arch: str) -> None:
+    """One SGD step of cross-entropy on CPU, batch 2 at 32x32: every parameter gets a gradient."""
+    torch.manual_seed(0)
+    model = build_model(arch, 10).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 7])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    logits, _ = model(x)
+    F.cross_entropy(logits, y).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    optimizer.step()
+    after = model.state_dict()
+    assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
+    assert any(not torch.equal(before[k], after[k]) for k in before if "running_mean" in k) or arch == "mlp"
 
 
 def test_different_seed_different_weights() -> None:

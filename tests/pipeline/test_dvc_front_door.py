@@ -67,7 +67,7 @@ def test_changing_one_method_reruns_only_its_students_and_the_aggregate(project)
     changed["methods"]["kd"] = {"temperature": 2.0}
     (dest / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
     output = run([str(BIN / "dvc"), "repro"], dest, env).stdout
-    assert ran_stages(output) == {"train_student@kd-0", "evaluate@kd-0", "aggregate"}
+    assert ran_stages(output) == {"check_study", "train_student@kd-0", "evaluate@kd-0", "aggregate"}
     assert model.read_bytes() != before
 
     # reverting brings back the earlier artifacts from DVC's run-cache instead of retraining
@@ -177,22 +177,60 @@ def test_damaged_artifacts_are_refused_by_a_single_stage_and_restored_by_repro(p
     assert ran_stages(run([str(BIN / "dvc"), "repro"], dest, env).stdout) == set()
 
 
+NEW_METHOD = '''"""KD at T = 2 under its own name: the method a contributor adds (docs/contributing.md)."""
+from pydantic import Field
+
+from kdlib.losses import ce, kd
+from kdlib.methods.base import Method, MethodSettings, register
+
+
+class SoftKDSettings(MethodSettings):
+    temperature: float = Field(2.0, gt=0)
+
+
+@register
+class SoftKD(Method):
+    """CE + T^2 KL to the teacher at T = 2, equal weights."""
+
+    name = "soft_kd"
+    Settings = SoftKDSettings
+
+    def forward_train(self, model, x, target, teacher, epoch):
+        logits, _ = model(x)
+        return logits, {"ce": ce.cross_entropy(logits, target), "kd": kd.kd_loss(logits, teacher, self.settings.temperature)}
+'''
+
+
+def test_a_new_method_module_and_its_entry_train_only_its_students(project):
+    """docs/contributing.md's recipe: one module in kdlib/methods/, one params.yaml entry."""
+    dest, env, _ = project
+    (dest / "kdlib/methods/soft_kd.py").write_text(NEW_METHOD)
+    study = copy.deepcopy(TINY_STUDY)
+    study["students"]["methods"].append("soft_kd")
+    study["methods"]["soft_kd"] = {"temperature": 3.0}
+    (dest / "params.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    output = run([str(BIN / "dvc"), "repro"], dest, env).stdout
+    assert ran_stages(output) == {"check_study", "train_student@soft_kd-0", "evaluate@soft_kd-0", "aggregate"}
+    summary = json.loads((dest / "results/summary.json").read_text())
+    assert {row["method"] for row in summary["methods"]} == {"ce", "kd", "soft_kd"}
+
+
 def test_replacing_a_data_set_in_data_root_reruns_prepare_data(tmp_path):
     study = copy.deepcopy(TINY_STUDY)
-    study["data"] = {"source": "cifar100", "path": "data/cifar-100-python.tar.gz"}
+    study["data"] = {"source": "cifar100", "path": "data/cifar-100-python.tar.gz", "md5_check": False}
     dest = tmp_path / "project"
     dest.mkdir()
     archive = write_tar(dest / "cifar100.tmp", cifar100_members())
     make_project(dest, study)
     archive.rename(dest / study["data"]["path"])
     env = project_env(dest)
-    assert ran_stages(run([str(BIN / "dvc"), "repro", "prepare_data"], dest, env).stdout) == {"prepare_data"}
+    assert ran_stages(run([str(BIN / "dvc"), "repro", "prepare_data"], dest, env).stdout) == {"check_study", "prepare_data"}
     assert ran_stages(run([str(BIN / "dvc"), "repro", "prepare_data"], dest, env).stdout) == set()
 
     members = cifar100_members()
     members["cifar-100-python/train"] = members["cifar-100-python/train"].replace(b"img0.png", b"new0.png")
     write_tar(dest / study["data"]["path"], members)  # same path, other bytes
-    assert ran_stages(run([str(BIN / "dvc"), "repro", "prepare_data"], dest, env).stdout) == {"prepare_data"}
+    assert ran_stages(run([str(BIN / "dvc"), "repro", "prepare_data"], dest, env).stdout) == {"check_study", "prepare_data"}
 
 
 # The cache's extra tensors: kd++ and sparse_kd students train from a `dvc repro`, and changing

@@ -24,6 +24,7 @@ def study(tmp_path_factory):
     raw = copy.deepcopy(TINY_STUDY)
     raw["students"].update(methods=METHODS, seeds=[0, 1])
     raw["methods"] = {m: {} for m in METHODS}
+    raw["methods"]["dhkd"] = {"aux_head": "linear"}  # NC3 of the second head needs a linear one
     raw["evaluation"].update(nc_every=1, probe_size=32)
     raw["tracking"].update(uri=f"sqlite:///{root}/mlflow.db")
     raw["runtime"]["store"] = str(root / "store")

@@ -116,9 +116,12 @@ def test_what_ddp_cannot_do_is_refused_before_training():
     with pytest.raises(ValueError, match="schedule.batch_size 63 must be a multiple of the 2 DDP ranks"):
         _check_ddp(mlp, build("kd"), ScheduleConfig(epochs=1, batch_size=63), 2, cpu, logged.append, "s")
     with pytest.raises(ValueError, match="runtime.ddp: method 'dhkd' computes its own gradients"):
-        _check_ddp(mlp, build("dhkd", {"grad_align": True}), ScheduleConfig(epochs=1, batch_size=64), 2, cpu,
+        _check_ddp(mlp, build("dhkd", {"grad_align": "official"}), ScheduleConfig(epochs=1, batch_size=64), 2, cpu,
                    logged.append, "s")
-    _check_ddp(mlp, build("dhkd"), ScheduleConfig(epochs=1, batch_size=64), 2, cpu, logged.append, "s")
+    with pytest.raises(ValueError, match="runtime.ddp: method 'dhkd' computes its own gradients"):
+        _check_ddp(mlp, build("dhkd"), ScheduleConfig(epochs=1, batch_size=64), 2, cpu, logged.append, "s")
+    _check_ddp(mlp, build("dhkd", {"grad_align": "none"}), ScheduleConfig(epochs=1, batch_size=64), 2, cpu,
+               logged.append, "s")
     _check_ddp(mlp, build("kd"), ScheduleConfig(epochs=1, batch_size=64), 2, cpu, logged.append, "s")
     assert logged == []
     # a batch-norm student on CPU trains with per-shard statistics, and the log says so

@@ -186,7 +186,7 @@ def test_probe_records_diagnostics_without_changing_training(tiny_ds):
 
 
 def test_probe_records_the_diagnostics_of_a_dual_head_student(tiny_ds):
-    _, result = train(tiny_ds, "dhkd", diagnose=True)
+    _, result = train(tiny_ds, "dhkd", diagnose=True, settings={"aux_head": "linear", "grad_align": "none"})
     first, last = result.history
     # DHKD: CE only reaches head 1 and BinaryKLNorm only head 2, so their head gradients are orthogonal
     assert first["grad_cos/head/ce_vs_aux_binarykl_norm"] == 0.0

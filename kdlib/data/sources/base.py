@@ -40,6 +40,20 @@ class DataSettings(Protocol):
     def url(self) -> str | None: ...
     @property
     def root(self) -> str: ...
+    @property
+    def md5_check(self) -> bool: ...
+
+
+class DataSourceError(ValueError):
+    """Input a source cannot read: a corrupt, truncated or misshapen file or folder.
+
+    The message names the file or folder (and the member or image inside it) and what is
+    wrong with it; ``Source.build`` prefixes the ``data.`` field that named the input, so
+    ``prepare_data`` prints it as it is and exits 2 (no traceback)."""
+
+
+class MissingDataError(DataSourceError, FileNotFoundError):
+    """A file or folder a source needs is not there (also a ``FileNotFoundError``)."""
 
 
 class Source:
@@ -57,17 +71,22 @@ class Source:
     @classmethod
     def check(cls, data: DataSettings) -> None:
         """Raise ``ValueError`` naming the ``data.`` field if this source cannot run
-        with ``data`` (checked when the config is validated; no data is read)."""
+        with ``data`` (checked when the config is validated, after ``data.path`` is known
+        to exist inside the project: no data is read, a folder may be listed)."""
 
     @classmethod
     def input_shape(cls, data: DataSettings) -> tuple[int, int, int]:
         """(channels, image size, classes) of the images this source yields, known
-        before any data is read: what config validation probes each arch with."""
+        before any data is read: what config validation probes each arch with and checks
+        the class count of the study's methods and ``logits.topk`` against."""
         raise NotImplementedError
 
     @classmethod
     def build(cls, data: DataSettings) -> Dataset:
-        """Read or generate the data set (``prepare_data`` runs this, once per key)."""
+        """Read or generate the data set (``prepare_data`` runs this, once per key).
+
+        Bad input (a file or folder that cannot be read as this source reads it) raises
+        ``DataSourceError`` naming the ``data.`` field, the file and what is wrong."""
         raise NotImplementedError
 
 
