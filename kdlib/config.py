@@ -194,6 +194,8 @@ class TeacherConfig(Strict):
             raise ValueError("checkpoint and untrained: true are two teachers; keep one")
         if self.checkpoint_sha256 is not None and self.checkpoint is None:
             raise ValueError("checkpoint_sha256 pins the content of `checkpoint`, which is not set")
+        if self.checkpoint is not None and "seed" in self.model_fields_set:
+            raise ValueError("seed: a teacher loaded from `checkpoint` has its weights; nothing here is seeded, remove seed")
         if self.trained() and self.schedule is None:
             raise ValueError("schedule: required to train this teacher (or set checkpoint, or untrained: true)")
         if not self.trained() and self.schedule is not None:

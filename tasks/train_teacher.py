@@ -37,7 +37,7 @@ CHECKPOINT_DIGESTS = ".checkpoint-digests.json"  # in the store: sha256 per chec
 
 
 def teacher_config(cfg: StudyConfig, name: str) -> TeacherConfig:
-    """The config of a teacher trained from scratch: `teacher`, or an entry of `teachers`."""
+    """The config of a teacher made by this step: `teacher`, or an entry of `teachers`."""
     return cfg.teacher if name == MAIN_TEACHER else cfg.teachers[name]
 
 
@@ -59,7 +59,7 @@ def key(cfg: StudyConfig, data: common.Manifest, name: str = MAIN_TEACHER) -> st
 
 
 def load_teacher(cfg: StudyConfig, data: common.Manifest, teacher: common.Manifest) -> torch.nn.Module:
-    """A trained (or fine-tuned) teacher, in eval mode, on CPU; its arch is in its manifest."""
+    """A teacher (trained, loaded, untrained or fine-tuned), in eval mode, on CPU; its arch is in its manifest."""
     meta = data["meta"]
     model = build_model(teacher["meta"]["arch"], meta["num_classes"], meta["shape"][0], meta["shape"][-1])
     model.load_state_dict(artifacts.load_tensors(Path(teacher["dir"]) / MODEL))
@@ -67,7 +67,8 @@ def load_teacher(cfg: StudyConfig, data: common.Manifest, teacher: common.Manife
 
 
 def run(cfg: StudyConfig, data: common.Manifest, out_dir: Path, name: str = MAIN_TEACHER) -> common.Manifest:
-    k = key(cfg, data, name)
+    sliced = config_slice(cfg, name)
+    k = common.cache_key(STEP, sliced, [data], CODE_ROOTS)
     tc = teacher_config(cfg, name)
     ds = load_dataset(Path(data["dir"]) / "dataset.pt")
     if tc.untrained:
@@ -79,7 +80,7 @@ def run(cfg: StudyConfig, data: common.Manifest, out_dir: Path, name: str = MAIN
         model, digest = load_checkpoint_model(
             tc.arch, ds.num_classes, ds.num_channels, ds.image_size, tc.checkpoint, tc.checkpoint_sha256
         )
-        if digest != config_slice(cfg, name)["teacher"]["checkpoint_content"]:
+        if digest != sliced["teacher"]["checkpoint_content"]:  # the bytes read are the ones keyed
             raise CheckpointError(f"checkpoint {tc.checkpoint} changed while {name} was being made from it; run again")
         print(f"train_teacher: {name} is the released {tc.arch} of {tc.checkpoint} (sha256 {digest})")
         meta = {"arch": tc.arch, "made": "checkpoint", "checkpoint_sha256": digest}

@@ -5,11 +5,12 @@ The released CIFAR teachers (CRD's `scripts/fetch_pretrained_teachers.sh` set, m
 `torch.save({"model": state_dict, ...})` of the official model classes, and the official
 `load_teacher` reads `torch.load(path)["model"]`. kdflow's models carry the official
 parameter names except where `OFFICIAL_NAMES` says: every kdflow head is `classifier` (the
-name `DualHead`, the diagnostics' head/backbone split and the exporters read), and kdflow's
-WideResNet names its blocks its own way.
+name the heads of `kdlib.models.heads` and the diagnostics' head/backbone split read), and
+kdflow's WideResNet names its blocks its own way.
 
 The file is read once, its sha256 taken from those bytes, then `torch.load(weights_only=True)`:
-nothing but tensors and plain containers is unpickled. A file that does not fit the arch is
+nothing but tensors, plain containers and numpy scalars (an accuracy some training scripts
+save beside the weights) is unpickled. A file that does not fit the arch is
 refused with every missing, unexpected and mis-shaped parameter named.
 """
 
@@ -20,7 +21,9 @@ import io
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -68,7 +71,8 @@ def read_state_dict(path: Path | str, sha256: str | None = None) -> tuple[dict[s
     if sha256 is not None and digest != sha256.lower():
         raise CheckpointError(f"checkpoint {path}: its sha256 is {digest}, not the expected {sha256.lower()}")
     try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_scalars()):
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, a pickle of objects, not a torch file at all
         reason = (str(err).strip().splitlines() or [""])[0][:300]
         raise CheckpointError(
@@ -84,6 +88,17 @@ def read_state_dict(path: Path | str, sha256: str | None = None) -> tuple[dict[s
             f"DHKD format); found {found}"
         )
     return dict(state), digest
+
+
+def _numpy_scalars() -> list[Any]:
+    """numpy scalars and their dtypes (data only) for the weights_only unpickler, under numpy 2's
+    module name and numpy 1's (`numpy.core.multiarray.scalar`, as older files name it)."""
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy 1
+        from numpy.core.multiarray import scalar
+    dtypes = [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32, np.int64, np.bool_)]
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtypes]
 
 
 def kdflow_names(model: nn.Module, state: Mapping[str, Tensor]) -> dict[str, tuple[str, Tensor]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -75,6 +76,15 @@ def test_crd_mobilenetv2_and_bare_or_dataparallel_state_dicts_load(tmp_path) -> 
     for path in (crd, bare, wrapped):
         model, _ = load_checkpoint_model("MobileNetV2", CLASSES, 3, SIZE, path)
         assert torch.equal(model.classifier.weight, source.classifier.weight)
+
+
+def test_numpy_scalars_beside_the_weights_are_read(tmp_path) -> None:
+    """Some training scripts save the accuracy as a numpy scalar: data, not code, so it loads."""
+    path = tmp_path / "numpy.pth"
+    source = _randomised("resnet8")
+    _release(path, official_state_dict(source), best_acc=np.float64(71.2), epochs=np.int64(240))
+    model, _ = load_checkpoint_model("resnet8", CLASSES, 3, SIZE, path)
+    assert torch.equal(model.classifier.weight, source.classifier.weight)
 
 
 def test_sha256_pin_refuses_other_content(tmp_path) -> None:

@@ -24,6 +24,7 @@ cfg = load_config("params.yaml")
 data = prepare_data.cached(cfg)
 teacher = train_teacher.cached(cfg, data)
 logits = cache_logits.cached(cfg, data, teacher)
+train_student.key(cfg, "kd", 0, data, logits)  # the code identity is read before the gate, not in the race
 print("START", flush=True)
 while os.environ.get("GATE") and not Path(os.environ["GATE"]).exists():
     time.sleep(0.02)

@@ -196,6 +196,7 @@ def test_student_starts_from_the_teachers_init_and_its_key_says_so(tmp_path, mon
         ({"arch": "resnet8", "untrained": True, "schedule": {"epochs": 1}}, {}, "this teacher is untrained, nothing trains it"),
         ({"arch": "resnet8", "checkpoint": "t.pth", "schedule": {"epochs": 1}}, {}, "loaded from `checkpoint`, nothing trains it"),
         ({"arch": "resnet8"}, {}, "teacher: schedule: required to train this teacher"),
+        ({"arch": "resnet8", "checkpoint": "t.pth", "seed": 1}, {}, "teacher: seed: a teacher loaded from `checkpoint` has its weights"),
         ({"arch": "resnet8", "checkpoint": "missing.pth"}, {}, "teacher.checkpoint 'missing.pth' is not a file"),
         ({"arch": "resnet8", "checkpoint": "/etc/hostname"}, {}, "teacher.checkpoint '/etc/hostname' is outside the project and data.root"),
         ({"arch": "resnet8", "untrained": True}, {"init_from_teacher": {}},
