@@ -12,7 +12,7 @@ import scipy.stats
 
 from kdlib import artifacts
 from kdlib.config import MAIN_TEACHER, StudyConfig
-from tasks import common, report, tracking
+from tasks import common, report, tracking, train_teacher
 from tasks.evaluate import RELIABILITY
 
 STEP = "aggregate"
@@ -62,7 +62,7 @@ def teacher_rows(teacher: common.Manifest, teachers: dict[str, common.Manifest])
                              f"not this study's teacher {teacher['key']} ({m['dir']})")
         history = json.loads((Path(m["dir"]) / "history.json").read_text())
         rows.append({
-            "name": name, "arch": meta["arch"], "made": "finetuned" if finetuned else "trained",
+            "name": name, "arch": meta["arch"], "made": train_teacher.made(m),
             "regularizer": meta.get("regularizer"), "lam": meta.get("lam"),
             "from": MAIN_TEACHER if finetuned else None,
             "best_top1": meta["best_top1"], "top1": meta["test"]["top1"],

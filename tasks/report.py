@@ -46,9 +46,10 @@ def fmt(value: float | None, digits: int = 2, signed: bool = False) -> str:
 
 def how_made(row: dict[str, Any]) -> str:
     """A teacher row's `made` in words (rows of `tasks.aggregate.teacher_rows`): `trained`,
-    or e.g. `fine-tuned from teacher (mcmi, λ = -0.5)` (the `ce` regularizer has no lambda)."""
-    if row["made"] == "trained":
-        return "trained"
+    `released checkpoint`, `untrained (random init)`, or e.g. `fine-tuned from teacher (mcmi,
+    λ = -0.5)` (the `ce` regularizer has no lambda)."""
+    if row["made"] != "finetuned":
+        return {"checkpoint": "released checkpoint", "untrained": "untrained (random init)"}.get(row["made"], row["made"])
     lam = "" if row["lam"] is None else f", λ = {row['lam']:g}"
     return f"fine-tuned from {row['from']} ({row['regularizer']}{lam})"
 

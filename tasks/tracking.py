@@ -12,6 +12,7 @@ from typing import Any
 
 from kdlib.config import MAIN_TEACHER, StudyConfig
 from kdlib.methods.base import build_method
+from tasks import train_teacher
 from tasks.common import Manifest
 
 
@@ -73,8 +74,8 @@ def _log_teacher(
     mlflow: Any, client: Any, experiment_id: str, run_name: str, name: str, manifest: Manifest, params: dict[str, str]
 ) -> None:
     """A teacher's child run: its params, per-epoch history and final test metrics; tagged
-    with its name and how it was made (`trained` / `finetuned`, the step of its manifest)."""
-    made = "finetuned" if manifest["step"] == "finetune_teacher" else "trained"
+    with its name and how it was made (`tasks.train_teacher.made`)."""
+    made = train_teacher.made(manifest)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, nested=True) as run:
         mlflow.set_tags({"role": "teacher", "teacher": name, "made": made,
                          "artifact_key": manifest["key"], "artifact_dir": manifest["dir"]})

@@ -58,6 +58,12 @@ def key(cfg: StudyConfig, data: common.Manifest, name: str = MAIN_TEACHER) -> st
     return common.cache_key(STEP, config_slice(cfg, name), [data], CODE_ROOTS)
 
 
+def made(manifest: common.Manifest) -> str:
+    """How a teacher artifact was made: `trained`, `checkpoint` (a released file), `untrained`
+    (its seeded initialisation) or `finetuned` (by finetune_teacher, from `teacher`)."""
+    return "finetuned" if manifest["step"] == "finetune_teacher" else manifest["meta"].get("made", "trained")
+
+
 def load_teacher(cfg: StudyConfig, data: common.Manifest, teacher: common.Manifest) -> torch.nn.Module:
     """A teacher (trained, loaded, untrained or fine-tuned), in eval mode, on CPU; its arch is in its manifest."""
     meta = data["meta"]

@@ -237,3 +237,14 @@ def test_every_method_of_a_study_gets_its_own_colour(n):
     colours = method_colours(methods)
     assert list(colours) == methods
     assert len(set(colours.values())) == n
+
+
+def test_how_made_names_every_kind_of_teacher():
+    from tasks.report import how_made
+
+    assert how_made({"made": "trained"}) == "trained"
+    assert how_made({"made": "checkpoint"}) == "released checkpoint"
+    assert how_made({"made": "untrained"}) == "untrained (random init)"
+    assert how_made({"made": "finetuned", "from": "teacher", "regularizer": "mcmi", "lam": -0.5}) == (
+        "fine-tuned from teacher (mcmi, λ = -0.5)"
+    )
