@@ -13,7 +13,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_HOME := $(CURDIR)/.kdflow/prefect
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install run test serve ui clean
+.PHONY: install run test gpu-check serve ui clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,12 @@ run: install | $(PREFECT_HOME)
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# On a GPU machine, <= 8 minutes: CUDA tests, kernels, student throughput, concurrent students in one
+# JSON ($OUT/gpu_check.json when OUT is set, else bench/results/gpu_check_cuda.json).
+# GPU_CHECK_ARGS=--dry-run checks the same code paths on a CPU in < 3 minutes.
+gpu-check: install
+	$(BIN)/python bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 # A local Prefect server (SQLite in .kdflow/prefect) and a process serving the deployments.
 serve: install | $(PREFECT_HOME)

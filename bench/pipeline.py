@@ -51,10 +51,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TEACHER, STUDENT, CLASSES, SIZE, PADDING = "resnet32x4", "resnet8x4", 100, 32, 4
 
 
-def random_cifar100(n: int, seed: int = 0) -> Dataset:
-    """CIFAR-100-shaped random data: uint8 images, labels in [0, 100), 2 test images."""
+def random_cifar100(n: int, seed: int = 0, size: int = SIZE) -> Dataset:
+    """CIFAR-100-shaped random data: uint8 images (`size` x `size`), labels in [0, 100), 2 test images."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (n + 2, 3, SIZE, SIZE), dtype=torch.uint8, generator=g)
+    x = torch.randint(0, 256, (n + 2, 3, size, size), dtype=torch.uint8, generator=g)
     y = torch.randint(0, CLASSES, (n + 2,), generator=g)
     return Dataset(
         x_train=x[:n], y_train=y[:n], x_test=x[n:], y_test=y[n:], num_classes=CLASSES,
