@@ -66,10 +66,19 @@ def _source(name: str) -> Any:
     return source_class(name)
 
 
+SYNTHETIC_TRAIN_PER_CLASS = 40
+"""`data.train_per_class` of a synthetic study that sets none."""
+
+
 class DataConfig(Strict):
     source: str = Field("synthetic", description="a data source registered in kdlib.data.sources")
     seed: int = 0
-    train_per_class: int = Field(40, ge=1, description="synthetic only")
+    train_per_class: int | None = Field(
+        None, ge=1,
+        description="training images per class. synthetic: generated (unset: 40, resolved at validation); digits: a "
+        "seeded stratified subset of K per class of the training split, the test split unchanged (unset: the whole "
+        "split); other sources ignore it",
+    )
     test_per_class: int = Field(20, ge=1, description="synthetic only")
     image_size: int = Field(8, ge=4, description="synthetic and imagefolder; each arch is probed at it (see input_shape)")
     difficulty: float = Field(1.0, ge=0.0, description="synthetic only: scales the nuisance")
@@ -83,6 +92,14 @@ class DataConfig(Strict):
         "accepts a modified archive. Left out of dumps (and so of prepare_data's key): it decides whether a build "
         "may run, never what it builds",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _synthetic_train_per_class(cls, raw: Any) -> Any:
+        # synthetic generates 40 per class unless told: resolved here, so a key holds the count that runs
+        if isinstance(raw, dict) and raw.get("train_per_class") is None and raw.get("source", "synthetic") == "synthetic":
+            return {**raw, "train_per_class": SYNTHETIC_TRAIN_PER_CLASS}
+        return raw
 
     @field_validator("source")
     @classmethod

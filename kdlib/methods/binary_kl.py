@@ -61,6 +61,22 @@ class SameHeadSettings(LogitLossSettings):
 
 
 @register
+class CEBinaryKLSameHead(BinaryKLMethod):
+    """CE + BinaryKL on the same head: the collapse ablation (row 3) with the paper's BinaryKL."""
+
+    name = "ce+binarykl"
+    Settings = SameHeadSettings
+
+    def forward_train(self, model, x, target, teacher, epoch):
+        s = self.settings
+        logits, _ = model(x)
+        return logits, {
+            "ce": s.ce_weight * ce.cross_entropy(logits, target),
+            "binarykl": s.kd_weight * self.loss(binary_kl.binary_kl_loss)(logits, teacher, s.temperature),
+        }
+
+
+@register
 class CEBinaryKLNormSameHead(BinaryKLMethod):
     """CE + BinaryKLNorm on the same head: DHKD's collapse ablation (row 3)."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from kdlib.data.dataset import Dataset
@@ -37,3 +38,45 @@ def test_digits_values_are_scaled_sklearn_pixels(digits: Dataset) -> None:
     allowed = torch.round(torch.arange(17, dtype=torch.float64) * 255 / 16).to(torch.uint8)
     assert torch.isin(digits.x_train.unique(), allowed).all()
     assert raw.shape[0] == 1797
+
+
+def test_train_per_class_is_a_seeded_stratified_subset_of_the_training_split(digits: Dataset) -> None:
+    sub = load_digits(seed=0, train_per_class=12)
+    assert torch.equal(torch.bincount(sub.y_train, minlength=10), torch.full((10,), 12))
+    # the test split is the one without a subset, image for image
+    assert torch.equal(sub.x_test, digits.x_test) and torch.equal(sub.y_test, digits.y_test)
+    # a subsequence of the full training split, in its order
+    full = [bytes(x.numpy()) + bytes([int(y)]) for x, y in zip(digits.x_train, digits.y_train)]
+    kept = [bytes(x.numpy()) + bytes([int(y)]) for x, y in zip(sub.x_train, sub.y_train)]
+    it = iter(full)
+    assert all(k in it for k in kept)
+    assert sub.name == "digits-s0-k12" and digits.name == "digits-s0"
+    assert (sub.mean, sub.std) != (digits.mean, digits.std)  # normalised by the subset it trains on
+    # deterministic, seeded, nested: K=5 keeps images of K=12 under the same seed
+    assert same_dataset(sub, load_digits(seed=0, train_per_class=12))
+    assert not torch.equal(load_digits(seed=1, train_per_class=12).x_train, sub.x_train)
+    small = [bytes(x.numpy()) for x in load_digits(seed=0, train_per_class=5).x_train]
+    assert set(small) <= {bytes(x.numpy()) for x in sub.x_train}
+
+
+def test_train_per_class_is_bounded_at_validation() -> None:
+    from sklearn.datasets import load_digits as sk_load
+
+    from kdlib.config import ConfigError, DataConfig, parse_config
+    from kdlib.data.sources.base import source_class
+    from kdlib.data.sources.digits import CLASS_COUNTS, max_train_per_class
+    from tests.helpers.data import study_with_data
+
+    assert tuple(torch.bincount(torch.from_numpy(sk_load().target)).tolist()) == CLASS_COUNTS
+    for fraction, seed in ((0.2, 0), (0.2, 3), (0.5, 1), (0.9, 2)):  # the bound never exceeds a real split
+        most = max_train_per_class(fraction)
+        ds = load_digits(seed, fraction, most)
+        assert torch.equal(torch.bincount(ds.y_train, minlength=10), torch.full((10,), most))
+    assert max_train_per_class(0.2) == 139
+    data = DataConfig(source="digits", train_per_class=20)
+    assert data.train_per_class == 20 and DataConfig(source="digits").train_per_class is None
+    assert same_dataset(source_class("digits").build(data), load_digits(0, 0.2, 20))
+    with pytest.raises(ConfigError, match=r"data\.train_per_class: 140 is more than .*\(at most 139\)"):
+        parse_config(study_with_data(source="digits", train_per_class=140))
+    # synthetic resolves an unset count to its 40 at validation
+    assert DataConfig(source="synthetic").train_per_class == 40 == DataConfig().train_per_class

@@ -7,7 +7,7 @@ from kdlib.logit_cache import TeacherBatch
 from kdlib.methods.base import Method, build_method, validate_method_entry
 from kdlib.models import build_model
 
-ABLATION_METHODS = ["ce", "kd", "binarykl", "binarykl_norm", "ce+binarykl_norm", "dhkd", "dhkd_kd", "dkd"]
+ABLATION_METHODS = ["ce", "kd", "binarykl", "binarykl_norm", "ce+binarykl", "ce+binarykl_norm", "dhkd", "dhkd_kd", "dkd"]
 """The methods of DHKD's ablation table, with the CE baseline."""
 
 

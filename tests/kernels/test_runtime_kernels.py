@@ -14,7 +14,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.i
 
 
 @pytest.mark.parametrize("name, settings", [(m, {}) for m in [
-    "kd", "binarykl", "binarykl_norm", "ce+binarykl_norm", "dhkd", "dhkd_kd", "dkd", "kd+ls", "dkd+ls", "sinkd"
+    "kd", "binarykl", "binarykl_norm", "ce+binarykl", "ce+binarykl_norm", "dhkd", "dhkd_kd", "dkd", "kd+ls", "dkd+ls", "sinkd"
 ]] + [("dhkd", {"grad_align": "shared"}), ("dhkd_kd", {"grad_align": "shared"})])
 def test_methods_compute_their_terms_with_the_kernels(name, settings):
     """`Method.use_kernels('triton', ...)`: the same named terms and parameter gradients as the reference

@@ -1,4 +1,4 @@
-"""DHKD's ablation table (CE, KD, DKD, BinaryKL, BinaryKLNorm, CE + BinaryKLNorm, DHKD,
+"""DHKD's ablation table (CE, KD, DKD, BinaryKL, BinaryKLNorm, CE + BinaryKL, CE + BinaryKLNorm, DHKD,
 DHKD + KD): registered, finite terms that reach every parameter, and the terms' names."""
 import pytest
 import torch
@@ -26,6 +26,7 @@ def test_term_names():
     names = {n: set(setup(n)[0].forward_train(*setup(n)[1:4], setup(n)[4], 0)[1]) for n in ABLATION_METHODS}
     assert names["ce"] == {"ce"}
     assert names["kd"] == {"ce", "kd"}
+    assert names["ce+binarykl"] == {"ce", "binarykl"}
     assert names["ce+binarykl_norm"] == {"ce", "binarykl_norm"}
     assert names["dhkd"] == {"ce", "aux_binarykl_norm"}
     assert names["dhkd_kd"] == {"ce", "kd", "aux_binarykl_norm"}
