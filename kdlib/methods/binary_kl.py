@@ -5,6 +5,8 @@ loss on a second head, is `kdlib.methods.dhkd`.
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 
 from kdlib.losses import binary_kl, ce
@@ -17,7 +19,19 @@ class LogitLossSettings(MethodSettings):
 
 
 class BinaryKLMethod(Method):
-    """A method of this family: its losses have Triton twins in `kdlib.kernels.binary_kl`."""
+    """A method of this family: `term` (binarykl or binarykl_norm) on the one head, with CE
+    beside it when `with_ce`; its losses have Triton twins in `kdlib.kernels.binary_kl`."""
+
+    term: ClassVar[str]
+    with_ce: ClassVar[bool] = False
+    REFERENCES: ClassVar[dict] = {"binarykl": binary_kl.binary_kl_loss, "binarykl_norm": binary_kl.binary_kl_norm_loss}
+
+    def forward_train(self, model, x, target, teacher, epoch):
+        s = self.settings
+        logits, _ = model(x)
+        terms = {"ce": s.ce_weight * ce.cross_entropy(logits, target)} if self.with_ce else {}
+        terms[self.term] = s.kd_weight * self.loss(self.REFERENCES[self.term])(logits, teacher, s.temperature)
+        return logits, terms
 
     def kernels(self):
         from kdlib.kernels import binary_kl as binary_kl_kernels
@@ -34,11 +48,7 @@ class BinaryKL(BinaryKLMethod):
 
     name = "binarykl"
     Settings = LogitLossSettings
-
-    def forward_train(self, model, x, target, teacher, epoch):
-        s = self.settings
-        logits, _ = model(x)
-        return logits, {"binarykl": s.kd_weight * self.loss(binary_kl.binary_kl_loss)(logits, teacher, s.temperature)}
+    term = "binarykl"
 
 
 @register
@@ -47,13 +57,7 @@ class BinaryKLNorm(BinaryKLMethod):
 
     name = "binarykl_norm"
     Settings = LogitLossSettings
-
-    def forward_train(self, model, x, target, teacher, epoch):
-        s = self.settings
-        logits, _ = model(x)
-        return logits, {
-            "binarykl_norm": s.kd_weight * self.loss(binary_kl.binary_kl_norm_loss)(logits, teacher, s.temperature)
-        }
+    term = "binarykl_norm"
 
 
 class SameHeadSettings(LogitLossSettings):
@@ -66,14 +70,8 @@ class CEBinaryKLSameHead(BinaryKLMethod):
 
     name = "ce+binarykl"
     Settings = SameHeadSettings
-
-    def forward_train(self, model, x, target, teacher, epoch):
-        s = self.settings
-        logits, _ = model(x)
-        return logits, {
-            "ce": s.ce_weight * ce.cross_entropy(logits, target),
-            "binarykl": s.kd_weight * self.loss(binary_kl.binary_kl_loss)(logits, teacher, s.temperature),
-        }
+    term = "binarykl"
+    with_ce = True
 
 
 @register
@@ -82,11 +80,5 @@ class CEBinaryKLNormSameHead(BinaryKLMethod):
 
     name = "ce+binarykl_norm"
     Settings = SameHeadSettings
-
-    def forward_train(self, model, x, target, teacher, epoch):
-        s = self.settings
-        logits, _ = model(x)
-        return logits, {
-            "ce": s.ce_weight * ce.cross_entropy(logits, target),
-            "binarykl_norm": s.kd_weight * self.loss(binary_kl.binary_kl_norm_loss)(logits, teacher, s.temperature),
-        }
+    term = "binarykl_norm"
+    with_ce = True
