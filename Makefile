@@ -46,19 +46,16 @@ gpu-check: install
 	$(BIN)/python bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 # A local Prefect server (SQLite in .kdflow/prefect) and a process serving the deployments.
+# Ctrl-C or SIGTERM stops both within 10 s, the deployment runner first (flows/servers.py).
 serve: install | $(PREFECT_HOME)
 	@echo "Prefect UI: http://127.0.0.1:$(PORT_PREFECT)  (Ctrl-C stops both)"
 	@echo "then: PREFECT_API_URL=http://127.0.0.1:$(PORT_PREFECT)/api $(BIN)/prefect deployment run 'kd-pipeline/default'"
-	$(BIN)/prefect server start --host 127.0.0.1 --port $(PORT_PREFECT) & server=$$!; \
-	trap "kill $$server" EXIT; \
-	export PREFECT_API_URL=http://127.0.0.1:$(PORT_PREFECT)/api; \
-	for i in $$(seq 60); do curl -sf $$PREFECT_API_URL/health >/dev/null && break; sleep 1; done; \
-	$(BIN)/python -m flows.serve
+	exec $(BIN)/python -m flows.servers prefect --port $(PORT_PREFECT)
 
+# The MLflow UI on the project's store; Ctrl-C or SIGTERM stops it within 10 s.
 ui: install
-	@echo "MLflow UI: http://127.0.0.1:$(PORT_MLFLOW)"
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
-		--default-artifact-root $(CURDIR)/mlruns --host 127.0.0.1 --port $(PORT_MLFLOW) --workers 1
+	exec $(BIN)/python -m flows.servers mlflow --port $(PORT_MLFLOW) --store sqlite:///$(CURDIR)/mlflow.db \
+		--artifacts $(CURDIR)/mlruns
 
 clean:
 	rm -rf artifacts results .kdflow mlflow.db mlruns

@@ -74,23 +74,31 @@ def gradient_conflict(terms: dict[str, Tensor], parts: dict[str, list[nn.Paramet
     """Per part: each term's gradient norm and the cosine of each pair of terms' gradients.
 
     Keys: `grad_norm/<part>/<term>` and `grad_cos/<part>/<a>_vs_<b>` (terms in dict order).
-    A term whose gradient on a part is zero has no direction there: its pairs are left
-    out for that part rather than given a made-up cosine.
+    A pair's cosine on a part exists only when some parameter tensor of that part gets a
+    non-zero gradient from both terms. Otherwise it is left out, not given a made-up 0: a
+    term with no gradient on the part has no direction there, and two terms that reach
+    separate tensors (DHKD: CE on `classifier`, the KD loss on `aux_head`) share no weight
+    whose update they could fight over.
     """
     names = [n for n, t in terms.items() if t.requires_grad]
     params = [p for ps in parts.values() for p in ps]
     flat: dict[str, dict[str, Tensor]] = {part: {} for part in parts}
+    reached: dict[str, dict[str, set[int]]] = {part: {} for part in parts}
     for name in names:  # one backward per term, split by part afterwards
         grads = torch.autograd.grad(terms[name], params, retain_graph=True, allow_unused=True)
         vectors = [(g if g is not None else torch.zeros_like(p)).reshape(-1).double() for p, g in zip(params, grads)]
         start = 0
         for part, ps in parts.items():
-            flat[part][name] = torch.cat(vectors[start : start + len(ps)])
+            own = vectors[start : start + len(ps)]
+            flat[part][name] = torch.cat(own)
+            reached[part][name] = {i for i, v in enumerate(own) if bool(v.any())}
             start += len(ps)
     out: dict[str, float] = {}
     for part, by_term in flat.items():
         out.update({f"grad_norm/{part}/{name}": g.norm().item() for name, g in by_term.items()})
         for a, b in itertools.combinations(names, 2):
+            if not reached[part][a] & reached[part][b]:
+                continue
             value = cosine(by_term[a], by_term[b])
             if value is not None:
                 out[f"grad_cos/{part}/{a}_vs_{b}"] = value

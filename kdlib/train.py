@@ -127,6 +127,7 @@ def fit(
     checkpoint: Path | None = None,
     diagnose: Callable[[nn.Module, int], dict[str, float]] | None = None,
     speed: Speed = Speed(),
+    on_epoch: Callable[[dict[str, float], dict[str, float] | None], None] | None = None,
 ) -> FitResult:
     """Train `model` in place with `method`; evaluates head 1 on the test set each epoch.
 
@@ -138,6 +139,11 @@ def fit(
     `diagnose(model, epoch)`, when given, runs after each epoch's test evaluation; its
     values join that epoch's history record (e.g. `kdlib.diagnostics.Probe`); its time is
     `diagnose_seconds` in `FitResult.timings`, apart from the epoch's `train_seconds`.
+
+    `on_epoch(record, timing)`, when given, is called after each epoch with its history
+    record and its timing (`FitResult.timings`), once the record is checkpointed and logged;
+    a resumed run first calls it with each restored record and `timing` None. It observes
+    (e.g. a live experiment tracker, `tasks.tracking`): nothing it does changes the training.
 
     `speed` (`Speed.for_device`) picks channels_last, bf16 autocast and torch.compile. Under
     a torchrun process group (`kdlib.distributed`) the model trains under DDP, each rank on
@@ -156,7 +162,7 @@ def fit(
     if speed.compile:
         trained.compile()
     if not distributed.is_main():
-        log = _silent
+        log, on_epoch = _silent, None
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay)
     x_train, y_train = ds.x_train.to(device), ds.y_train.to(device)
@@ -168,6 +174,8 @@ def fit(
     if resumed is not None:
         history, best_epoch, best_top1 = resumed
         log(f"{label} resuming after epoch {len(history)} from {checkpoint}")
+        for record in history if on_epoch is not None else ():
+            on_epoch(dict(record), None)
     timings: list[dict[str, float]] = []
     for epoch in range(len(history), schedule.epochs):
         started = time.perf_counter()
@@ -233,6 +241,8 @@ def fit(
             f"train {record['train_top1']:.1f}% test {record['test_top1']:.1f}% "
             f"lr {lr:.4f} ({timing['train_seconds']:.1f}s)"
         )
+        if on_epoch is not None:
+            on_epoch(dict(record), dict(timing))
     return FitResult(history=history, best_epoch=best_epoch, best_top1=best_top1, timings=timings)
 
 

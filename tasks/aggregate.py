@@ -1,9 +1,14 @@
-"""aggregate: the study's results table (polars), written as CSV, Markdown and JSON, the study
-report (`report.md`, `report.html`, `figures/`, see `tasks.report`), all logged to MLflow."""
+"""aggregate: the study's results table (polars), written as CSV, Markdown and JSON, and the study
+report (`report.md`, `figures/`, see `tasks.report`): a deterministic artifact.
+
+`publish` then does what belongs to one pipeline run, outside any hashed output: the
+self-contained `report.html` with the run's provenance, and the MLflow parent run's files,
+figures, tags and links to the runs that computed what this run reused (`tasks.tracking`)."""
 from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +29,10 @@ CURVES = ("test_top1", "loss")
 
 def key(
     cfg: StudyConfig, teacher: common.Manifest, evaluations: list[common.Manifest],
-    teachers: dict[str, common.Manifest] | None = None,
+    teachers: dict[str, common.Manifest] | None = None, data: common.Manifest | None = None,
 ) -> str:
-    """`teachers`: the extra and fine-tuned ones, by name."""
-    inputs = [teacher, *(teachers[n] for n in sorted(teachers or {})), *evaluations]
+    """`teachers`: the extra and fine-tuned ones, by name; `data`: the data set (its size is in the report)."""
+    inputs = [teacher, *(teachers[n] for n in sorted(teachers or {})), *evaluations, *([data] if data else [])]
     return common.cache_key(STEP, config_slice(cfg), inputs, CODE_ROOTS)
 
 
@@ -79,12 +84,14 @@ def per_run_table(evaluations: list[common.Manifest]) -> pl.DataFrame:
 
 def summarize(runs: pl.DataFrame, order: list[str]) -> pl.DataFrame:
     """One row per method: mean and std over seeds of each metric (and of the end-of-training
-    `nc/*` metrics), `top1_vs_<ref>` = its top1_mean minus that of `kd` / `ce` when they ran,
-    sorted by last-epoch top-1."""
+    `nc/*` metrics; null for a method that has none, and the std null below two seeds),
+    `top1_vs_<ref>` = its top1_mean minus that of `kd` / `ce` when they ran, sorted by
+    last-epoch top-1."""
     aggs = [pl.col("failed").is_null().sum().alias("seeds"), pl.col("failed").is_not_null().sum().alias("failed")]
     present = [m for m in METRICS if m in runs.columns]  # a study of only failed runs has none
     for m in [*present, *sorted(c for c in runs.columns if c.startswith("nc/"))]:
-        aggs += [pl.col(m).mean().alias(f"{m}_mean"), pl.col(m).std().fill_null(0.0).alias(f"{m}_std")]
+        # std of fewer than two values is null, not 0: one seed has no spread to report
+        aggs += [pl.col(m).mean().alias(f"{m}_mean"), pl.col(m).std().alias(f"{m}_std")]
     aggs += [pl.col("best_epoch").mean().alias("best_epoch_mean"), pl.col("last_epoch").max().alias("last_epoch")]
     table = runs.group_by("method").agg(aggs)
     for ref in report.REFERENCES:
@@ -151,18 +158,19 @@ def curves(evaluations: list[common.Manifest]) -> pl.DataFrame:
 
 
 def conflict_summary(curve: pl.DataFrame, order: list[str]) -> list[dict[str, Any]]:
-    """Mean over epochs (of the per-epoch means over seeds) of each pair's head and backbone cosine."""
+    """Mean over epochs (of the per-epoch means over seeds) of each pair's head and backbone
+    cosine; None where it does not exist (terms on separate heads have no head cosine)."""
     out = []
     for method in order:
         c = curve.filter(pl.col("method") == method)
-        for col in report.conflict_columns(c, "head"):
-            backbone = col.replace("grad_cos/head/", "grad_cos/backbone/")
-            head_mean = c[col].mean()
+        pairs = sorted({col.rsplit("/", 1)[-1] for part in ("head", "backbone") for col in report.conflict_columns(c, part)})
+        for pair in pairs:
+            head, backbone = f"grad_cos/head/{pair}", f"grad_cos/backbone/{pair}"
+            head_mean = c[head].mean() if head in c.columns else None
             backbone_mean = c[backbone].mean() if backbone in c.columns else None
             if head_mean is None and backbone_mean is None:
                 continue
-            out.append({"method": method, "pair": col.rsplit("/", 1)[-1].replace("_vs_", " vs "),
-                        "head": head_mean, "backbone": backbone_mean})
+            out.append({"method": method, "pair": pair.replace("_vs_", " vs "), "head": head_mean, "backbone": backbone_mean})
     return out
 
 
@@ -199,7 +207,7 @@ def to_markdown(
             return report.pm(r, m, d)
 
         seeds = f"{r['seeds']}" + (f" (+{r['failed']} failed)" if r["failed"] else "")
-        epochs = "—" if r["best_epoch_mean"] is None else f"{r['best_epoch_mean']:.1f}/{r['last_epoch']}"
+        epochs = report.NA if r["best_epoch_mean"] is None else f"{r['best_epoch_mean']:.1f}/{r['last_epoch']}"
         lines.append(
             f"| {r['method']} | {seeds} | {pm('top1')} | {pm('best_top1')} | {epochs} "
             f"| {pm('top5')} | {pm('nll', 3)} | {pm('ece')} | {pm('agreement')} | {pm('kl_to_teacher', 3)} |"
@@ -214,11 +222,23 @@ def to_markdown(
     return "\n".join(lines) + "\n"
 
 
+def setup(cfg: StudyConfig, data: common.Manifest | None) -> dict[str, Any]:
+    """What the study ran on, for the report's header: the data set (its size from the
+    prepare_data manifest), the teacher and the students' schedule."""
+    return {
+        "data": {"source": cfg.data.source, **({k: data["meta"][k] for k in ("name", "num_train", "num_test",
+                                                                               "num_classes", "shape")} if data else {})},
+        "teacher": {"arch": cfg.teacher.arch, "schedule": cfg.teacher.schedule.model_dump()},
+        "students": {"arch": cfg.students.arch, "seeds": cfg.students.seeds, "schedule": cfg.students.schedule.model_dump()},
+    }
+
+
 def run(
     cfg: StudyConfig, teacher: common.Manifest, evaluations: list[common.Manifest], out_dir: Path,
-    teachers: dict[str, common.Manifest] | None = None,
+    teachers: dict[str, common.Manifest] | None = None, data: common.Manifest | None = None,
 ) -> common.Manifest:
-    """`teachers`: the manifests of the extra and fine-tuned teachers, by name (none: only `teacher`).
+    """`teachers`: the manifests of the extra and fine-tuned teachers, by name (none: only
+    `teacher`); `data`: the data set's manifest, for the report's header.
 
     The whole folder is built in a hidden sibling and swapped in for `out_dir` at once
     (`artifacts.staged_dir`): a crash or an error leaves the previous results untouched, never
@@ -233,7 +253,7 @@ def run(
         artifacts.write_text(staging / "summary.md", to_markdown(table, runs, teacher, cfg, rows))
         per_epoch = curves(evaluations)
         summary = {
-            "study": cfg.study, "teacher": teacher["meta"], "teachers": rows,
+            "study": cfg.study, "setup": setup(cfg, data), "teacher": teacher["meta"], "teachers": rows,
             "methods": table.to_dicts(), "runs": runs.to_dicts(),
             "comparisons": comparisons(runs, cfg.students.methods),
             "conflict": conflict_summary(per_epoch, cfg.students.methods),
@@ -244,25 +264,63 @@ def run(
             artifacts.write_json(staging / "curves" / f"{method}.json", curve.drop("method").to_dicts())
         ablation = [m for m in cfg.students.methods if cfg.method_settings(m).method in report.DHKD_ABLATION]
         written = report.write(summary, per_epoch, cfg.students.methods, staging, ablation or None)
-        meta = {"rows": table.height}
-        if cfg.tracking.enabled:
-            meta["mlflow_parent_run_id"] = tracking.log_study(cfg, teacher, evaluations, staging, teachers)
         manifest = artifacts.write_manifest(
-            staging, STEP, key(cfg, teacher, evaluations, teachers), meta, final_dir=out_dir
+            staging, STEP, key(cfg, teacher, evaluations, teachers, data), {"rows": table.height}, final_dir=out_dir
         )
-    print(f"aggregate: report {out_dir / 'report.md'} (+ {len(written) - 1} files: html and figures)")
+    print(f"aggregate: report {out_dir / 'report.md'} (+ {len(written) - 1} figures)")
     print(f"aggregate: results table in {out_dir / 'summary.md'}")
     return manifest
 
 
 def cached(
     cfg: StudyConfig, teacher: common.Manifest, evaluations: list[common.Manifest],
-    teachers: dict[str, common.Manifest] | None = None,
+    teachers: dict[str, common.Manifest] | None = None, data: common.Manifest | None = None,
 ) -> common.Manifest:
     """Build (or reuse) this step's artifact in the content-addressed store."""
     return common.run_in_store(
-        cfg, STEP, key(cfg, teacher, evaluations, teachers), lambda out: run(cfg, teacher, evaluations, out, teachers)
+        cfg, STEP, key(cfg, teacher, evaluations, teachers, data),
+        lambda out: run(cfg, teacher, evaluations, out, teachers, data),
     )
+
+
+def provenance(cfg: StudyConfig, parent_run_id: str | None, front_door: str) -> dict[str, str]:
+    """Where one pipeline run's report comes from: commit, date, front door, MLflow parent run."""
+    if parent_run_id is not None:
+        run = f"`{parent_run_id}` (experiment `{cfg.tracking.experiment}`, {tracking.tracking_uri(cfg)})"
+    else:
+        run = "none (tracking off)" if not cfg.tracking.enabled else "none (MLflow failed: see the log)"
+    return {"commit": f"`{tracking.git_commit()}`", "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "front door": tracking.FRONT_DOORS.get(front_door, front_door), "MLflow parent run": run}
+
+
+def publish(
+    cfg: StudyConfig, results: common.Manifest, report_html: Path, parent_run_id: str | None, front_door: str,
+    teachers: dict[str, common.Manifest], evaluations: list[common.Manifest], tags: dict[str, str] | None = None,
+) -> Path:
+    """One pipeline run's report and MLflow parent: writes the self-contained `report_html`
+    (outside the artifact: it names this run), then logs the results to the parent run and
+    links the steps this run reused (`tasks.tracking.publish`). `front_door`: "dvc" or
+    "prefect"; `teachers`: every teacher's manifest by name, `teacher` included. Returns the
+    report's path."""
+    results_dir = Path(results["dir"])
+    summary = json.loads((results_dir / "summary.json").read_text())
+    path = report.write_html(summary, results_dir, Path(report_html), provenance(cfg, parent_run_id, front_door))
+    print(f"aggregate: self-contained report {path}")
+    if parent_run_id is None:
+        return path
+    steps = [(m["step"], tracking.teacher_run_name(name, m["meta"]["arch"]), m["key"]) for name, m in teachers.items()]
+    steps += [("train_student", f"{e['meta']['metrics']['method']} seed {e['meta']['metrics']['seed']}",
+               e["meta"]["student_key"]) for e in evaluations]
+    files = [results_dir / name for name in ("summary.md", "summary.csv", "summary.json", "report.md")] + [path]
+    figures = sorted((results_dir / report.FIGURES).glob("*.png"))
+    best = summary["methods"][0] if summary["methods"] else None
+    headline = "" if best is None or best.get("top1_mean") is None else (
+        f"**Best** `{best['method']}`: top-1 {report.fmt(best['top1_mean'])}% (mean of {best['seeds']} seed(s)).")
+    description = tracking.describe(cfg, front_door, summary["setup"]["data"] if "num_train" in summary["setup"]["data"]
+                                    else None, headline)
+    tracking.publish(cfg, parent_run_id, steps, files, figures,
+                     {"aggregate_key": results["key"], "results_dir": str(results_dir), **(tags or {})}, description)
+    return path
 
 
 def prefect_task() -> Any:
@@ -288,6 +346,7 @@ def dvc_teacher(step: str, name: str) -> common.Manifest:
 
 def main() -> None:
     cfg, _ = common.cli(__doc__)
+    data = common.dvc_input("prepare_data")
     teacher = common.dvc_input("train_teacher")
     teachers = {name: dvc_teacher("train_teacher", name) for name in cfg.teachers}
     teachers.update({name: dvc_teacher("finetune_teacher", name) for name in cfg.finetuned_teachers})
@@ -296,7 +355,11 @@ def main() -> None:
         for m in cfg.students.methods
         for s in cfg.students.seeds
     ]
-    run(cfg, teacher, evaluations, common.dvc_dir(STEP), teachers)
+    with tracking.dvc_pipeline(cfg, last=True) as parent:
+        results = run(cfg, teacher, evaluations, common.dvc_dir(STEP), teachers, data)
+        # results/report.html is this repro's: written beside the artifact, not in its manifest
+        publish(cfg, results, common.dvc_dir(STEP) / "report.html", parent, "dvc",
+                {MAIN_TEACHER: teacher, **teachers}, evaluations)
 
 
 if __name__ == "__main__":

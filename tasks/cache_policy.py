@@ -13,6 +13,7 @@ from prefect.cache_policies import CachePolicy
 
 from kdlib import artifacts
 from tasks.common import store_dir
+from tasks.tracking import PARENT_RUN
 
 RESULT_RECORD = ".prefect-result"
 
@@ -34,7 +35,8 @@ class StoreCachePolicy(CachePolicy):
     def compute_key(
         self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
     ) -> str:
-        key = self.key_fn(**inputs)
+        # the MLflow parent run is who logs, not what is built: never part of a key
+        key = self.key_fn(**{name: value for name, value in inputs.items() if name != PARENT_RUN})
         folder = store_dir(inputs["cfg"], self.step, key)
         if folder.exists() and not artifacts.is_complete(folder):
             # a missing file, a bad hash or a manifest of the wrong shape: drop the record, so

@@ -10,6 +10,8 @@ of a plugin module from outside its package is not followed: such code reaches a
 only through the registry, for the entries a config names, and those entries' modules
 are roots of the step that runs them. So editing DHKD's module changes the identity of
 DHKD's students only, and the teacher, which runs no method, depends on none of them.
+Side-channel modules (`SIDE_CHANNELS`: MLflow logging) are never followed: they change
+no artifact's bytes.
 
 The graph is static (every `import` / `from` statement of a module, in functions too;
 importing `a.b.c` also runs `a/__init__.py` and `a/b/__init__.py`), so it follows the
@@ -28,6 +30,9 @@ PACKAGES = ("kdlib", "tasks", "flows")
 """Top-level packages whose modules are project code (everything else is a dependency)."""
 PLUGINS = ("kdlib.methods", "kdlib.data.sources")
 """Packages whose modules enter a closure only as roots or from inside the same package."""
+SIDE_CHANNELS = ("tasks.tracking",)
+"""Modules that write nothing into any artifact (the MLflow side channel): an import of one
+is not followed, so changing how runs are logged re-runs no step."""
 
 
 def module_file(module: str) -> Path | None:
@@ -91,6 +96,8 @@ def closure(roots: tuple[str, ...]) -> tuple[str, ...]:
         seen.add(module)
         own = _plugin_of(module)
         for dep in _imported(module, module_file(module)):
+            if dep in SIDE_CHANNELS:
+                continue
             plugin = _plugin_of(dep)
             if plugin is not None and plugin != own and dep not in roots:
                 continue

@@ -47,6 +47,14 @@ def write_timings(out_dir: Path, timings: list[dict[str, float]]) -> None:
     artifacts.write_json(Path(out_dir) / TIMINGS, timings)
 
 
+def print_training_time(label: str, timings: list[dict[str, float]]) -> float:
+    """Say in the step's log how long this process trained (the epochs it ran, diagnostics
+    included; a resumed run's earlier epochs are not counted); returns the seconds."""
+    seconds = sum(t["train_seconds"] + t.get("diagnose_seconds", 0.0) for t in timings)
+    print(f"{label}: trained {len(timings)} epoch(s) in {seconds:.2f} s", flush=True)
+    return seconds
+
+
 def store_dir(cfg: StudyConfig, step: str, key: str) -> Path:
     return Path(cfg.runtime.store) / step / key
 

@@ -20,7 +20,7 @@ from kdlib.logit_cache import LogitCache
 from kdlib.diagnostics import teacher_fidelity
 from kdlib.metrics import evaluate_logits, reliability_diagram
 from kdlib.train import predict
-from tasks import common
+from tasks import common, tracking
 from tasks.train_student import HISTORY, load_student, student_teachers
 
 STEP = "evaluate"
@@ -44,8 +44,11 @@ def key(cfg: StudyConfig, data: common.Manifest, logits: common.Manifest, studen
 
 
 def run(
-    cfg: StudyConfig, data: common.Manifest, logits: common.Manifest, student: common.Manifest, out_dir: Path
+    cfg: StudyConfig, data: common.Manifest, logits: common.Manifest, student: common.Manifest, out_dir: Path,
+    parent_run_id: str | None = None,
 ) -> common.Manifest:
+    """Evaluate one student; with `parent_run_id`, its metrics go to MLflow as `final/*`
+    (`tasks.tracking.log_evaluation`: on the student's run when it trained in this pipeline run)."""
     s = student["meta"]
     if "failed" in s:
         # failure is a result: every output of the DVC stage is written (an empty reliability
@@ -75,15 +78,19 @@ def run(
         print(f"evaluate {s['method']} seed {s['seed']}: top-1 {last['top1']:.2f} (best {s['best_top1']:.2f} at epoch {s['best_epoch']})")
     artifacts.write_json(Path(out_dir) / METRICS, metrics)
     meta = {"metrics": metrics, "student_key": student["key"], "student_dir": student["dir"]}
-    return artifacts.write_manifest(out_dir, STEP, key(cfg, data, logits, student), meta)
+    manifest = artifacts.write_manifest(out_dir, STEP, key(cfg, data, logits, student), meta)
+    tracking.log_evaluation(cfg, parent_run_id, student, metrics, [Path(out_dir) / METRICS, Path(out_dir) / RELIABILITY],
+                            manifest["key"])
+    return manifest
 
 
 def cached(
-    cfg: StudyConfig, data: common.Manifest, logits: common.Manifest, student: common.Manifest
+    cfg: StudyConfig, data: common.Manifest, logits: common.Manifest, student: common.Manifest,
+    parent_run_id: str | None = None,
 ) -> common.Manifest:
-    """Build (or reuse) this step's artifact in the content-addressed store."""
+    """Build (or reuse) this step's artifact in the content-addressed store (`parent_run_id`: see `run`)."""
     k = key(cfg, data, logits, student)
-    return common.run_in_store(cfg, STEP, k, lambda out: run(cfg, data, logits, student, out))
+    return common.run_in_store(cfg, STEP, k, lambda out: run(cfg, data, logits, student, out, parent_run_id))
 
 
 def prefect_task() -> Any:
@@ -96,7 +103,8 @@ def main() -> None:
     data = common.dvc_input("prepare_data")
     logits = common.dvc_input("cache_logits", teacher=fidelity_teacher(cfg, args.method))
     student = common.dvc_input("train_student", args.method, args.seed)
-    run(cfg, data, logits, student, common.dvc_dir(STEP, args.method, args.seed))
+    with tracking.dvc_pipeline(cfg) as parent:
+        run(cfg, data, logits, student, common.dvc_dir(STEP, args.method, args.seed), parent)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from kdlib.metrics import topk_accuracy
 from kdlib.models import build_model
 from kdlib.models.init import initial_model, start_near
 from kdlib.train import NonFiniteLossError, Speed, fit, predict, resolve_device
-from tasks import common
+from tasks import common, tracking
 
 STEP = "train_student"
 MODEL, HISTORY, FAILURE = "model.pt", "history.json", "failure.json"
@@ -103,8 +103,12 @@ def load_student(cfg: StudyConfig, data: common.Manifest, student: common.Manife
     return model.eval()
 
 
-def run(cfg: StudyConfig, method: str, seed: int, data: common.Manifest, logits: Caches, out_dir: Path) -> common.Manifest:
-    """Train one student from the caches of `student_teachers(cfg, method)` (`Caches`)."""
+def run(
+    cfg: StudyConfig, method: str, seed: int, data: common.Manifest, logits: Caches, out_dir: Path,
+    parent_run_id: str | None = None,
+) -> common.Manifest:
+    """Train one student from the caches of `student_teachers(cfg, method)` (`Caches`); with
+    `parent_run_id`, it trains inside its live MLflow run nested there (`tasks.tracking`)."""
     spec = build_method(method, cfg.method_settings(method))
     spec.use_kernels(cfg.runtime.kernels, resolve_device(cfg.runtime.device))
     if logits is None and spec.needs_teacher:
@@ -154,15 +158,20 @@ def run(cfg: StudyConfig, method: str, seed: int, data: common.Manifest, logits:
         with contextlib.suppress(NonFiniteLossError):
             train()
         return {}
-    with artifacts.exclusive(checkpoint.with_suffix(".lock")):
+    tags = {"role": "student", "method": method, "seed": str(seed)}
+    with artifacts.exclusive(checkpoint.with_suffix(".lock")), tracking.step_run(
+        cfg, parent_run_id, STEP, k, f"{method} seed {seed}", tracking.student_params(cfg, method, seed), tags,
+    ) as live:
         try:
-            result = train()
+            result = train(on_epoch=live.epoch)
         except NonFiniteLossError as err:
             # one diverged student must not stop the study: record the failure as its artifact
             print(f"train_student FAILED: {err}", file=sys.stderr)
             meta["failed"] = str(err)
             artifacts.write_json(Path(out_dir) / FAILURE, {"error": str(err)})
+            live.fail(str(err))
         else:
+            common.print_training_time(f"train_student {method} seed {seed}", result.timings)
             if spec.online_teacher:
                 # the online teacher is not exported; its final test top-1 is kept beside the student's
                 top1 = topk_accuracy(predict(model.teacher, ds.x_test, ds), ds.y_test, 1)
@@ -174,13 +183,19 @@ def run(cfg: StudyConfig, method: str, seed: int, data: common.Manifest, logits:
             meta.update(best_epoch=result.best_epoch, best_top1=result.best_top1)
         manifest = artifacts.write_manifest(out_dir, STEP, k, meta)
         checkpoint.unlink(missing_ok=True)
+        live.done()
+        live.files([Path(out_dir) / name for name in (HISTORY, FAILURE, common.TIMINGS, artifacts.MANIFEST)])
+        live.tags({"artifact_dir": manifest["dir"]})
     return manifest
 
 
-def cached(cfg: StudyConfig, method: str, seed: int, data: common.Manifest, logits: Caches) -> common.Manifest:
-    """Build (or reuse) this step's artifact in the content-addressed store."""
+def cached(
+    cfg: StudyConfig, method: str, seed: int, data: common.Manifest, logits: Caches, parent_run_id: str | None = None,
+) -> common.Manifest:
+    """Build (or reuse) this step's artifact in the content-addressed store; a reused one is
+    not logged again (`parent_run_id`: see `run`)."""
     k = key(cfg, method, seed, data, logits)
-    return common.run_in_store(cfg, STEP, k, lambda out: run(cfg, method, seed, data, logits, out))
+    return common.run_in_store(cfg, STEP, k, lambda out: run(cfg, method, seed, data, logits, out, parent_run_id))
 
 
 def prefect_task() -> Any:
@@ -195,7 +210,8 @@ def main() -> None:
     # stage has one deps list; each reads only its own teachers' caches, none when it reads none
     caches = [common.dvc_input("cache_logits", teacher=name) for name in student_teachers(cfg, args.method)]
     logits = None if not caches else caches[0] if len(caches) == 1 else caches
-    run(cfg, args.method, args.seed, data, logits, common.dvc_dir(STEP, args.method, args.seed))
+    with tracking.dvc_pipeline(cfg) as parent:
+        run(cfg, args.method, args.seed, data, logits, common.dvc_dir(STEP, args.method, args.seed), parent)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from kdlib.models.checkpoint import CheckpointError, load_checkpoint_model
 from kdlib.models.init import initial_model
 from kdlib.objective import CrossEntropy
 from kdlib.train import FitResult, Speed, fit, predict, resolve_device
-from tasks import common
+from tasks import common, tracking
 
 STEP = "train_teacher"
 CODE_ROOTS = ("tasks.train_teacher",)
@@ -72,48 +72,56 @@ def load_teacher(cfg: StudyConfig, data: common.Manifest, teacher: common.Manife
     return model.eval()
 
 
-def run(cfg: StudyConfig, data: common.Manifest, out_dir: Path, name: str = MAIN_TEACHER) -> common.Manifest:
+def run(
+    cfg: StudyConfig, data: common.Manifest, out_dir: Path, name: str = MAIN_TEACHER, parent_run_id: str | None = None,
+) -> common.Manifest:
+    """Make the teacher `name`; with `parent_run_id`, inside its live MLflow run nested there."""
     sliced = config_slice(cfg, name)
     k = common.cache_key(STEP, sliced, [data], CODE_ROOTS)
     tc = teacher_config(cfg, name)
     ds = load_dataset(Path(data["dir"]) / "dataset.pt")
-    if tc.untrained:
-        print(f"train_teacher: {name} is the untrained {tc.arch} of seed {tc.seed}")
-        meta = {"arch": tc.arch, "made": "untrained", "seed": tc.seed}
-        model = initial_model(tc.arch, tc.seed, ds.num_classes, ds.num_channels, ds.image_size)
-        return write_teacher(cfg, model, ds, None, out_dir, STEP, k, meta)
-    if tc.checkpoint is not None:
-        model, digest = load_checkpoint_model(
-            tc.arch, ds.num_classes, ds.num_channels, ds.image_size, tc.checkpoint, tc.checkpoint_sha256
-        )
-        if digest != sliced["teacher"]["checkpoint_content"]:  # the bytes read are the ones keyed
-            raise CheckpointError(f"checkpoint {tc.checkpoint} changed while {name} was being made from it; run again")
-        print(f"train_teacher: {name} is the released {tc.arch} of {tc.checkpoint} (sha256 {digest})")
-        meta = {"arch": tc.arch, "made": "checkpoint", "checkpoint_sha256": digest}
-        return write_teacher(cfg, model, ds, None, out_dir, STEP, k, meta)
-    checkpoint = common.checkpoint_path(cfg, STEP, k)
-    torch.manual_seed(tc.seed)
-    model = build_model(tc.arch, ds.num_classes, ds.num_channels, ds.image_size)
-    with artifacts.exclusive(checkpoint.with_suffix(".lock")):
-        result = fit(
-            model, CrossEntropy(), ds, tc.schedule, tc.seed,
-            # the teacher's own views come from its seed; the students replay augment.seed
-            cfg.augment.model_copy(update={"seed": tc.seed}),
-            device=resolve_device(cfg.runtime.device), label=f"{name} {tc.arch}", checkpoint=checkpoint,
-            speed=Speed.for_device(resolve_device(cfg.runtime.device), cfg.runtime.compile),
-        )
-        manifest = write_teacher(cfg, model, ds, result, out_dir, STEP, k, {"arch": tc.arch, "made": "trained"})
-        checkpoint.unlink(missing_ok=True)
-    return manifest
+    made = "untrained" if tc.untrained else "checkpoint" if tc.checkpoint is not None else "trained"
+    with tracking.step_run(cfg, parent_run_id, STEP, k, tracking.teacher_run_name(name, tc.arch),
+                           tracking.teacher_params(cfg, name), {"role": "teacher", "teacher": name, "made": made}) as live:
+        if tc.untrained:
+            print(f"train_teacher: {name} is the untrained {tc.arch} of seed {tc.seed}")
+            meta = {"arch": tc.arch, "made": "untrained", "seed": tc.seed}
+            model = initial_model(tc.arch, tc.seed, ds.num_classes, ds.num_channels, ds.image_size)
+            return write_teacher(cfg, model, ds, None, out_dir, STEP, k, meta, live)
+        if tc.checkpoint is not None:
+            model, digest = load_checkpoint_model(
+                tc.arch, ds.num_classes, ds.num_channels, ds.image_size, tc.checkpoint, tc.checkpoint_sha256
+            )
+            if digest != sliced["teacher"]["checkpoint_content"]:  # the bytes read are the ones keyed
+                raise CheckpointError(f"checkpoint {tc.checkpoint} changed while {name} was being made from it; run again")
+            print(f"train_teacher: {name} is the released {tc.arch} of {tc.checkpoint} (sha256 {digest})")
+            meta = {"arch": tc.arch, "made": "checkpoint", "checkpoint_sha256": digest}
+            return write_teacher(cfg, model, ds, None, out_dir, STEP, k, meta, live)
+        checkpoint = common.checkpoint_path(cfg, STEP, k)
+        torch.manual_seed(tc.seed)
+        model = build_model(tc.arch, ds.num_classes, ds.num_channels, ds.image_size)
+        with artifacts.exclusive(checkpoint.with_suffix(".lock")):
+            result = fit(
+                model, CrossEntropy(), ds, tc.schedule, tc.seed,
+                # the teacher's own views come from its seed; the students replay augment.seed
+                cfg.augment.model_copy(update={"seed": tc.seed}),
+                device=resolve_device(cfg.runtime.device), label=f"{name} {tc.arch}", checkpoint=checkpoint,
+                speed=Speed.for_device(resolve_device(cfg.runtime.device), cfg.runtime.compile), on_epoch=live.epoch,
+            )
+            common.print_training_time(f"train_teacher {name}", result.timings)
+            manifest = write_teacher(cfg, model, ds, result, out_dir, STEP, k, {"arch": tc.arch, "made": "trained"}, live)
+            checkpoint.unlink(missing_ok=True)
+        return manifest
 
 
 def write_teacher(
     cfg: StudyConfig, model: torch.nn.Module, ds: Dataset, result: FitResult | None, out_dir: Path, step: str, k: str,
-    meta: dict[str, Any],
+    meta: dict[str, Any], live: tracking.StepRun | None = None,
 ) -> common.Manifest:
     """Write a teacher's weights, history and test metrics, then its manifest (train_teacher
     and finetune_teacher share this layout, so `load_teacher` reads both). `result` None: a
-    teacher not trained here, with an empty history, best epoch 0 and its test top-1 as best."""
+    teacher not trained here, with an empty history, best epoch 0 and its test top-1 as best.
+    `live`: its MLflow run, which gets the test metrics as `final/*` and the small files."""
     model.cpu()
     metrics = evaluate_logits(predict(model, ds.x_test, ds), ds.y_test, ece_bins=cfg.evaluation.ece_bins)
     if result is None:
@@ -122,12 +130,20 @@ def write_teacher(
     artifacts.write_json(Path(out_dir) / HISTORY, result.history)
     common.write_timings(out_dir, result.timings)
     meta = {**meta, "best_epoch": result.best_epoch, "best_top1": result.best_top1, "test": metrics}
-    return artifacts.write_manifest(out_dir, step, k, meta)
+    manifest = artifacts.write_manifest(out_dir, step, k, meta)
+    if live is not None:
+        live.done()
+        live.final(metrics | {"best_top1": result.best_top1, "best_epoch": result.best_epoch}, step=len(result.history))
+        live.files([Path(out_dir) / name for name in (HISTORY, common.TIMINGS, artifacts.MANIFEST)])
+        live.tags({"artifact_dir": manifest["dir"]})
+    return manifest
 
 
-def cached(cfg: StudyConfig, data: common.Manifest, name: str = MAIN_TEACHER) -> common.Manifest:
-    """Build (or reuse) this step's artifact in the content-addressed store."""
-    return common.run_in_store(cfg, STEP, key(cfg, data, name), lambda out: run(cfg, data, out, name))
+def cached(
+    cfg: StudyConfig, data: common.Manifest, name: str = MAIN_TEACHER, parent_run_id: str | None = None,
+) -> common.Manifest:
+    """Build (or reuse) this step's artifact in the content-addressed store (`parent_run_id`: see `run`)."""
+    return common.run_in_store(cfg, STEP, key(cfg, data, name), lambda out: run(cfg, data, out, name, parent_run_id))
 
 
 def run_name() -> str:
@@ -149,7 +165,8 @@ def main() -> None:
         raise SystemExit(f"--teacher {args.teacher!r}: train_teacher trains `teacher` and the entries of `teachers`")
     data = common.dvc_input("prepare_data")
     try:
-        run(cfg, data, common.dvc_dir(STEP, teacher=args.teacher), args.teacher)
+        with tracking.dvc_pipeline(cfg) as parent:
+            run(cfg, data, common.dvc_dir(STEP, teacher=args.teacher), args.teacher, parent)
     except CheckpointError as err:
         field = "teacher" if args.teacher == MAIN_TEACHER else f"teachers.{args.teacher}"
         print(f"train_teacher: {field}.checkpoint: {err}", file=sys.stderr)

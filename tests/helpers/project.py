@@ -118,3 +118,28 @@ async def study_task_runs(flow_run_id) -> list:
 async def task_states(flow_run_id) -> list[tuple[str, str]]:
     """(name, state) of every task run of a `kd-pipeline` flow run (`study_task_runs`), sorted."""
     return sorted((run.name, run.state.name) for run in await study_task_runs(flow_run_id))
+
+
+async def flow_run_artifacts(flow_run_id) -> dict[str, dict]:
+    """The Prefect artifacts of one flow run, by key: {"type", "data", "description"}."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async with get_client() as client:
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {a.key: {"type": a.type, "data": a.data, "description": a.description} for a in found}
+
+
+def mlflow_runs(db_path: Path) -> dict[str, dict]:
+    """Every run of a project's MLflow SQLite store: {run id: {"name", "status", "start", "end", "experiment", "tags"}}."""
+    import sqlite3
+
+    db = sqlite3.connect(db_path)
+    runs = {r: {"name": n, "status": s, "start": t0, "end": t1, "experiment": str(e), "tags": {}}
+            for r, n, s, t0, t1, e in db.execute("select run_uuid, name, status, start_time, end_time, experiment_id from runs")}
+    for run, key, value in db.execute("select run_uuid, key, value from tags"):
+        runs[run]["tags"][key] = value
+    db.close()
+    return runs

@@ -63,7 +63,14 @@ def test_a_student_runs_the_shared_training_code_and_its_own_method(cfg):
 def test_evaluate_and_aggregate_follow_their_imports():
     # evaluate loads students with train_student's code: it depends on it, no hand-kept list
     assert "tasks.train_student" in closure(evaluate.CODE_ROOTS)
-    assert "tasks.report" in closure(("tasks.aggregate",)) and "tasks.tracking" in closure(("tasks.aggregate",))
+    assert "tasks.report" in closure(("tasks.aggregate",))
+
+
+def test_the_mlflow_side_channel_is_no_steps_code():
+    """Every training step logs to MLflow through tasks.tracking, which writes no artifact:
+    editing it must not re-run a step."""
+    for roots in (("tasks.train_student",), ("tasks.train_teacher",), ("tasks.evaluate",), ("tasks.aggregate",)):
+        assert "tasks.tracking" not in closure(roots), roots
 
 
 def test_an_unknown_root_is_refused():

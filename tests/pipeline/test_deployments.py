@@ -61,14 +61,24 @@ def test_both_deployments_are_served(server):
     assert names == {"default", "smoke"}
 
 
+def artifacts(base: str, flow_run_id: str) -> dict[str, dict]:
+    return {a["key"]: a for a in api(base, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})}
+
+
 def test_deployment_run_then_cached_retrigger_then_override(server):
     dest, env, base = server
-    first = task_states(base, deployment_run(dest, env))
+    first_run = deployment_run(dest, env)
+    first = task_states(base, first_run)
     assert set(first.values()) == {"Completed"}, first
     assert {"train_student[ce, seed 0]", "train_student[kd, seed 0]", "train_student[dhkd, seed 0]"} <= set(first)
+    # the deployment's flow run publishes its results table and the link to its MLflow parent run
+    published = artifacts(base, first_run)
+    assert "| dhkd |" in published["kd-results"]["data"] and "workflowType=machine_learning" in published["mlflow-parent-run"]["data"]
 
-    second = task_states(base, deployment_run(dest, env))
+    second_run = deployment_run(dest, env)
+    second = task_states(base, second_run)
     assert set(second.values()) == {"Cached"}, second
+    assert set(artifacts(base, second_run)) == {"kd-results", "mlflow-parent-run"}  # a cached run publishes too
 
     third = task_states(base, deployment_run(dest, env, "--params", json.dumps({"methods": ["ce"], "seeds": [1]})))
     assert third["train_student[ce, seed 1]"] == "Completed"

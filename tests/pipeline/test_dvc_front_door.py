@@ -38,19 +38,40 @@ def test_first_repro_runs_every_stage(project):
 
 
 def test_mlflow_run_tree(project):
-    dest, _, _ = project
+    """One parent for the repro, a live run per computed step nested under it, logged by the stage that computed it."""
+    dest, _, output = project
     db = sqlite3.connect(dest / "mlflow.db")
-    runs = db.execute("select run_uuid, name from runs").fetchall()
-    parents = dict(db.execute("select run_uuid, value from tags where key = 'mlflow.parentRunId'").fetchall())
-    roots = [r for r, _ in runs if r not in parents]
+    runs = {r: (name, status) for r, name, status in db.execute("select run_uuid, name, status from runs").fetchall()}
+    tags = {}
+    for run, key, value in db.execute("select run_uuid, key, value from tags").fetchall():
+        tags.setdefault(run, {})[key] = value
+    roots = [r for r in runs if "mlflow.parentRunId" not in tags[r]]
     assert len(roots) == 1
-    children = {name for r, name in runs if parents.get(r) == roots[0]}
-    assert children == {"teacher resnet8", "ce seed 0", "kd seed 0"}
-    kd_run = next(r for r, name in runs if name == "kd seed 0")
-    steps = db.execute("select step from metrics where run_uuid = ? and key = 'loss/kd' order by step", (kd_run,)).fetchall()
+    root = roots[0]
+    assert runs[root] == (runs[root][0], "FINISHED") and runs[root][0].startswith("tiny ")
+    assert tags[root]["front_door"] == "dvc" and tags[root]["aggregate_key"] == json.loads(
+        (dest / "results/manifest.json").read_text())["key"]
+    assert "**Data set** `digits`: 1437 train / 360 test images" in tags[root]["mlflow.note.content"]
+    children = {runs[r][0]: r for r in runs if tags[r].get("mlflow.parentRunId") == root}
+    assert set(children) == {"teacher resnet8", "ce seed 0", "kd seed 0"}
+    assert {runs[r][1] for r in children.values()} == {"FINISHED"}
+    assert tags[children["kd seed 0"]]["mlflow.source.name"] == "tasks/train_student.py"
+    assert tags[children["teacher resnet8"]]["mlflow.source.name"] == "tasks/train_teacher.py"
+    assert not any(k.startswith("reused/") for k in tags[root])  # everything was computed in this repro
+    kd_run = children["kd seed 0"]
+    steps = db.execute("select step from metrics where run_uuid = ? and key = 'epoch/loss/kd' order by step", (kd_run,)).fetchall()
     assert [s for (s,) in steps] == [1, 2]
+    final = dict(db.execute("select key, value from latest_metrics where run_uuid = ? and key like 'final/%'", (kd_run,)).fetchall())
+    assert final["final/top1"] == json.loads((dest / "artifacts/evaluations/kd/seed0/metrics.json").read_text())["top1"]
     params = dict(db.execute("select key, value from params where run_uuid = ?", (kd_run,)).fetchall())
     assert params["method"] == "kd" and params["settings.temperature"] == "4.0"
+    kind = db.execute("select value from experiment_tags where key = 'mlflow.experimentKind'").fetchall()
+    assert kind == [("custom_model_development",)]
+    # the report of this repro names its parent run; the artifact's own files never do
+    assert root in (dest / "results/report.html").read_text()
+    assert not any(root in p.read_text() for p in (dest / "artifacts").rglob("*.json"))
+    assert "report.html" not in json.loads((dest / "results/manifest.json").read_text())["files"]
+    assert not (dest / ".kdflow/mlflow/dvc-parent.json").exists()  # aggregate ended the parent
 
 
 def test_no_change_reruns_nothing(project):

@@ -1,9 +1,11 @@
-"""The Prefect front door: the flow runs the DAG, and a second run with the same parameters is all Cached."""
+"""The Prefect front door: the flow runs the DAG, and a second run with the same parameters is all Cached;
+each flow run has its MLflow parent (live child runs for what it computed, links to what it reused) and its
+Prefect artifacts."""
 import json
 
 import pytest
 
-from tests.helpers.project import BIN, make_project, project_env, run
+from tests.helpers.project import BIN, make_project, mlflow_runs, project_env, run
 from tests.helpers.study import TINY_STUDY
 
 pytestmark = pytest.mark.slow
@@ -13,12 +15,14 @@ pytestmark = pytest.mark.slow
 SCRIPT = """
 import asyncio, json
 from flows.pipeline import kd_pipeline
-from tests.helpers.project import task_states
+from tests.helpers.project import flow_run_artifacts, task_states
 
 out = []
 for kwargs in ({}, {}, {"overrides": {"methods": {"kd": {"temperature": 2.0}}}}, {}):
     state = kd_pipeline(params_path="params.yaml", return_state=True, **kwargs)
-    out.append({"ok": state.is_completed(), "summary": state.result()["dir"], "tasks": asyncio.run(task_states(state.state_details.flow_run_id))})
+    flow_run_id = state.state_details.flow_run_id
+    out.append({"ok": state.is_completed(), "summary": state.result()["dir"], "tasks": asyncio.run(task_states(flow_run_id)),
+                "flow_run_id": str(flow_run_id), "artifacts": asyncio.run(flow_run_artifacts(flow_run_id))})
 print("RESULT" + json.dumps(out))
 
 # damage the teacher and one student in the store; the same flow run rebuilds exactly those
@@ -74,6 +78,55 @@ def test_reverting_the_setting_brings_back_the_first_artifacts(runs):
     _, (first, _, _, fourth) = runs
     assert {state for _, state in fourth["tasks"]} == {"Cached"}, fourth["tasks"]
     assert fourth["summary"] == first["summary"]
+
+
+def test_every_flow_run_has_its_mlflow_parent_and_logs_only_what_it_computed(runs):
+    dest, flow_runs = runs
+    logged = mlflow_runs(dest / "mlflow.db")
+    parents = {r["tags"]["prefect.flow_run_id"]: (run_id, r) for run_id, r in logged.items() if r["tags"].get("role") == "pipeline"}
+    assert len({r["name"] for _, r in parents.values()}) == len(parents) >= 4  # distinct names (study + time)
+
+    def tree(flow_run):
+        parent_id, parent = parents[flow_run["flow_run_id"]]
+        children = {r["name"]: (run_id, r) for run_id, r in logged.items() if r["tags"].get("mlflow.parentRunId") == parent_id}
+        reused = {k.removeprefix("reused/"): json.loads(v) for k, v in parent["tags"].items() if k.startswith("reused/")}
+        return parent, children, reused
+
+    first, second, third, fourth = (tree(f) for f in flow_runs)
+    assert first[0]["status"] == "FINISHED" and first[0]["tags"]["front_door"] == "prefect"
+    assert set(first[1]) == {"teacher resnet8", "ce seed 0", "kd seed 0"} and not first[2]
+    assert {r["status"] for _, r in first[1].values()} == {"FINISHED"}
+    originals = {name: run_id for name, (run_id, _) in first[1].items()}
+    # an all-cached flow run: a parent and no duplicate tree; it links the runs that computed its artifacts
+    assert second[1] == {} and {name: link["run_id"] for name, link in second[2].items()} == originals
+    assert {link["artifact_key"] for link in second[2].values()} == {
+        first[1][name][1]["tags"]["artifact_key"] for name in originals}
+    # one changed method: its student is a new child run, the untouched ones link to their original runs
+    assert set(third[1]) == {"kd seed 0"} and third[1]["kd seed 0"][1]["tags"]["method"] == "kd"
+    assert {name: link["run_id"] for name, link in third[2].items()} == {n: originals[n] for n in ("teacher resnet8", "ce seed 0")}
+    # reverted: the kd artifact of the first run comes back, and so does the link to the run that computed it
+    assert fourth[1] == {} and fourth[2]["kd seed 0"]["run_id"] == originals["kd seed 0"]
+    assert sum(len(children) for _, children, _ in (first, second, third, fourth)) == 4  # each computed once, logged once
+    # the flow run after the damage rebuilt the teacher and the ce student: it logs those two, as new runs
+    damaged = max((r for _, r in parents.values()), key=lambda r: r["start"])
+    rebuilt = {r["name"] for r in logged.values() if r["tags"].get("mlflow.parentRunId") in
+               {run_id for run_id, r in parents.values() if r is damaged}}
+    assert rebuilt == {"teacher resnet8", "ce seed 0"}
+
+
+def test_each_flow_run_publishes_its_results_and_the_mlflow_link(runs):
+    dest, flow_runs = runs
+    logged = mlflow_runs(dest / "mlflow.db")
+    for flow_run in flow_runs:
+        artifacts = flow_run["artifacts"]
+        assert artifacts["kd-results"]["type"] == "markdown" and "| kd |" in artifacts["kd-results"]["data"]
+        parent = next(r for r, v in logged.items() if v["tags"].get("prefect.flow_run_id") == flow_run["flow_run_id"])
+        link = artifacts["mlflow-parent-run"]
+        # Prefect stores a link artifact as the Markdown link `[text](url)`
+        assert link["data"].startswith("[MLflow run of tiny](http://") and link["data"].endswith(
+            f"/runs/{parent}?workflowType=machine_learning)")
+        report = dest / ".kdflow/reports" / flow_run["flow_run_id"] / "report.html"
+        assert str(report.resolve()) in link["description"] and parent in report.read_text()
 
 
 def test_store_is_content_addressed(runs):

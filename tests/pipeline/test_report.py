@@ -1,4 +1,6 @@
-"""The study report rendered from a real tiny study: every section and figure, numbers equal to summary.json."""
+"""The study report rendered from a real tiny study: every section and figure, numbers equal to summary.json,
+the self-contained per-run report.html, the written conclusion, and the live MLflow runs of the study."""
+import base64
 import copy
 import json
 import math
@@ -8,13 +10,13 @@ import pytest
 
 from kdlib.config import parse_config
 from kdlib import artifacts
-from tasks import aggregate, cache_logits, evaluate, finetune_teacher, prepare_data, train_student, train_teacher
-from tasks.report import NC_COLUMNS, fmt, fmt_p, method_colours, pm
+from tasks import aggregate, cache_logits, evaluate, finetune_teacher, prepare_data, tracking, train_student, train_teacher
+from tasks.report import NC_COLUMNS, conclusion, fmt, fmt_p, method_colours, pm
 from tests.helpers.study import TINY_STUDY
 
 METHODS = ["ce", "kd", "ce+binarykl_norm", "dhkd"]
 SECTIONS = ["Results", "Paired comparison over seeds", "Accuracy curves", "Gradient conflict", "Neural collapse",
-            "Teacher fidelity and calibration", "Reliability diagrams"]
+            "Teacher fidelity and calibration", "Reliability diagrams", "Conclusion"]
 FIGURES = ["figures/accuracy.png", "figures/conflict.png", "figures/collapse.png", "figures/nc_curves.png", "figures/reliability.png"]
 
 
@@ -34,21 +36,26 @@ def study(tmp_path_factory):
     cfg = parse_config(raw)
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.chdir(root)  # MLflow puts its artifact root under the working directory
+    parent = tracking.start_parent(cfg, "dvc", {}, source="dvc.yaml")
     data = prepare_data.run(cfg, root / "data")
-    teacher = train_teacher.run(cfg, data, root / "teacher")
+    teacher = train_teacher.run(cfg, data, root / "teacher", parent_run_id=parent)
     teachers = {
-        "second": train_teacher.run(cfg, data, root / "teachers" / "second", "second"),
-        "teacher_mcmi": finetune_teacher.run(cfg, "teacher_mcmi", data, teacher, root / "teachers" / "teacher_mcmi"),
+        "second": train_teacher.run(cfg, data, root / "teachers" / "second", "second", parent),
+        "teacher_mcmi": finetune_teacher.run(cfg, "teacher_mcmi", data, teacher, root / "teachers" / "teacher_mcmi", parent),
     }
     logits = cache_logits.run(cfg, data, teacher, root / "logits")
     evaluations = []
     for m in METHODS:
         for s in cfg.students.seeds:
-            student = train_student.run(cfg, m, s, data, logits, root / "students" / m / str(s))
-            evaluations.append(evaluate.run(cfg, data, logits, student, root / "evaluations" / m / str(s)))
-    manifest = aggregate.run(cfg, teacher, evaluations, root / "results", teachers)
+            student = train_student.run(cfg, m, s, data, logits, root / "students" / m / str(s), parent)
+            evaluations.append(evaluate.run(cfg, data, logits, student, root / "evaluations" / m / str(s), parent))
+    manifest = aggregate.run(cfg, teacher, evaluations, root / "results", teachers, data)
+    aggregate.publish(cfg, manifest, root / "results" / "report.html", parent, "dvc", {"teacher": teacher, **teachers},
+                      evaluations)
+    tracking.finish_parent(cfg, parent)
     monkeypatch.undo()
     out = root / "results"
+    manifest["meta"]["parent"] = parent  # for the MLflow tests (never in the artifact's own manifest)
     return out, json.loads((out / "summary.json").read_text()), (out / "report.md").read_text(), manifest
 
 
@@ -66,8 +73,14 @@ def test_every_section_and_figure_exists(study):
         assert f"\n## {section}\n" in md and f"<h2>{section}</h2>" in html
     for figure in FIGURES:
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
-        assert f"]({figure})" in md and f'src="{figure}"' in html
+        assert f"]({figure})" in md and f'src="{figure}"' not in html
         assert figure in manifest["files"]  # hashed in the aggregate artifact
+    # report.html is self-contained (MLflow's sandboxed preview loads no relative path) and names its
+    # pipeline run, so it is written beside the artifact, never in its manifest
+    embedded = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(embedded) == len(FIGURES) == html.count("<img ")
+    assert sorted(base64.b64decode(e) for e in embedded) == sorted((out / f).read_bytes() for f in FIGURES)
+    assert "report.html" not in manifest["files"] and "report.md" in manifest["files"]
 
 
 def test_results_table_equals_summary_json(study):
@@ -77,8 +90,9 @@ def test_results_table_equals_summary_json(study):
     for m in summary["methods"]:
         r = rows[m["method"]]
         assert r[1] == str(m["seeds"]) == "2"
-        assert r[2] == f"{m['top1_mean']:.2f} ± {m['top1_std']:.2f}"
-        assert r[3] == f"{m['best_top1_mean']:.2f} ± {m['best_top1_std']:.2f}"
+        # two seeds: every mean ± std carries the dagger of a statistic resting on fewer than 3
+        assert r[2] == f"{m['top1_mean']:.2f} ± {m['top1_std']:.2f}†"
+        assert r[3] == f"{m['best_top1_mean']:.2f} ± {m['best_top1_std']:.2f}†"
         assert r[5] == f"{m['top1_mean'] - next(x['top1_mean'] for x in summary['methods'] if x['method'] == 'kd'):+.2f}"
         assert r[6] == f"{m['top1_mean'] - next(x['top1_mean'] for x in summary['methods'] if x['method'] == 'ce'):+.2f}"
 
@@ -95,8 +109,9 @@ def test_paired_comparison_equals_summary_json_and_the_runs(study):
         if diffs[0] != diffs[1]:  # paired t with 1 degree of freedom: a Cauchy tail, p = 1 - (2/pi) atan|t|
             t = (sum(diffs) / 2) / (abs(diffs[0] - diffs[1]) / math.sqrt(2) / math.sqrt(2))
             assert c["top1_p"] == pytest.approx(1 - 2 / math.pi * math.atan(abs(t)), rel=1e-9)
-        assert row == [c["method"], "2", fmt(c["top1_diff_mean"], 2, True), c["top1_record"], fmt_p(c["top1_p"]),
-                       fmt(c["best_top1_diff_mean"], 2, True), c["best_top1_record"], fmt_p(c["best_top1_p"])]
+        dagger = lambda p: fmt_p(p) + ("†" if p is not None else "")  # noqa: E731 - 2 pairs: a weak test
+        assert row == [c["method"], "2", fmt(c["top1_diff_mean"], 2, True), c["top1_record"], dagger(c["top1_p"]),
+                       fmt(c["best_top1_diff_mean"], 2, True), c["best_top1_record"], dagger(c["best_top1_p"])]
 
 
 def test_conflict_and_collapse_tables_equal_summary_json(study):
@@ -107,7 +122,8 @@ def test_conflict_and_collapse_tables_equal_summary_json(study):
     for row, c in zip(conflict, summary["conflict"]):
         assert row[2:] == [fmt(c["head"], 3), fmt(c["backbone"], 3)]
     dhkd = next(c for c in summary["conflict"] if c["method"] == "dhkd")
-    assert dhkd["head"] == 0.0  # CE and the aux loss never share a head parameter
+    assert dhkd["head"] is None and dhkd["backbone"] is not None  # CE and the aux loss share no head weight: undefined
+    assert next(r for r in conflict if r[0] == "dhkd")[2] == "n/a"
     nc = {r[0]: r[1:] for r in table_rows(md, "Neural collapse")}
     keys = [(k, d) for k, _, d in NC_COLUMNS if any(x.get(f"{k}_mean") is not None for x in summary["methods"])]
     for m in summary["methods"]:
@@ -152,12 +168,24 @@ def test_report_is_logged_to_the_mlflow_parent_run(study):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{out.parent}/mlflow.db")
-    run_id = manifest["meta"]["mlflow_parent_run_id"]
+    run_id = manifest["meta"]["parent"]
+    parent = client.get_run(run_id)
     names = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "figures")}
-    assert {"report.md", "report.html", *FIGURES} <= names
-    student = client.search_runs([client.get_run(run_id).info.experiment_id], "tags.method = 'dhkd'")[0]
-    history = client.get_metric_history(student.info.run_id, "grad_cos/head/ce_vs_aux_binarykl_norm")
-    assert len(history) == 2 and all(m.value == 0.0 for m in history)  # one value per epoch
+    assert {"report.md", "report.html", "summary.md", *FIGURES} <= names
+    assert not parent.data.metrics  # per-method numbers live on the student runs, tagged with their method
+    assert parent.data.tags["aggregate_key"] == manifest["key"] and "digits" in parent.data.tags["mlflow.note.content"]
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # "Machine learning", not GenAI
+    student = client.search_runs([parent.info.experiment_id], "tags.method = 'dhkd'")[0]
+    assert student.info.status == "FINISHED" and student.data.tags["mlflow.source.name"] == "tasks/train_student.py"
+    assert len(client.get_metric_history(student.info.run_id, "epoch/grad_cos/backbone/ce_vs_aux_binarykl_norm")) == 2
+    # separate heads: no head cosine at all (undefined), not a flat 0
+    assert not any(k.startswith("epoch/grad_cos/head/") for k in student.data.metrics)
+    assert {"final/top1", "final/agreement", "final/nc/aux_head_nc3"} <= student.data.metrics.keys()
+    kd = client.search_runs([parent.info.experiment_id], "tags.method = 'kd'")[0]
+    assert "final/nc/aux_head_nc3" not in kd.data.metrics  # no aux head: nothing logged, not a 0
+    files = {a.path for a in client.list_artifacts(student.info.run_id)}
+    assert {"history.json", "manifest.json", "evaluation"} <= files
 
 
 def test_teachers_table_and_mlflow_runs_equal_the_teachers_manifests(study):
@@ -191,7 +219,7 @@ def test_teachers_table_and_mlflow_runs_equal_the_teachers_manifests(study):
             if line.startswith("|") and not line.startswith(("|---", "| teacher | arch"))] == expected
 
     client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
-    parent = client.get_run(manifest["meta"]["mlflow_parent_run_id"])
+    parent = client.get_run(manifest["meta"]["parent"])
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.role = 'teacher'")
     runs = {r.data.tags["teacher"]: r for r in children}
@@ -201,7 +229,7 @@ def test_teachers_table_and_mlflow_runs_equal_the_teachers_manifests(study):
         assert r.data.tags["artifact_key"] == m["key"] and r.data.tags["made"] == rows[name]["made"]
         assert r.data.metrics["final/top1"] == pytest.approx(m["meta"]["test"]["top1"])
         assert r.data.metrics["final/best_top1"] == pytest.approx(m["meta"]["best_top1"])
-        assert len(client.get_metric_history(r.info.run_id, "test_top1")) == rows[name]["epochs"]
+        assert len(client.get_metric_history(r.info.run_id, "epoch/test_top1")) == rows[name]["epochs"]
     assert runs["second"].data.params["teacher.arch"] == "mlp" and runs["second"].data.params["teacher.seed"] == "1"
     assert runs["teacher_mcmi"].data.params["finetune.lam"] == "-0.5" and runs["teacher_mcmi"].data.params["from"] == "teacher"
     assert runs["teacher_mcmi"].data.params["finetune.regularizer"] == "mcmi"
@@ -248,3 +276,68 @@ def test_how_made_names_every_kind_of_teacher():
     assert how_made({"made": "finetuned", "from": "teacher", "regularizer": "mcmi", "lam": -0.5}) == (
         "fine-tuned from teacher (mcmi, λ = -0.5)"
     )
+
+
+def test_report_html_says_what_ran_where(study):
+    out, summary, md, manifest = study
+    html = (out / "report.html").read_text()
+    for row in ("data set", "teacher", "schedule", "commit", "date", "MLflow parent run"):
+        assert f"<td>{row}</td>" in html, row
+    assert manifest["meta"]["parent"] in html and "1437 train / 360 test images" in html
+    assert "MLflow parent run" not in md and "commit" not in md  # the artifact's report is the same for every run
+    assert "† rests on fewer than 3 seeds" in md  # two seeds: every mean ± std and p carries the caveat
+    assert all(p.endswith("†") for p in re.findall(r"\| (0\.\d+†?) \|", md.split("## Paired comparison", 1)[1].split("##")[0]))
+
+
+def test_the_conclusion_is_written_from_the_numbers(study):
+    _, summary, md, _ = study
+    text = md.split("## Conclusion\n", 1)[1]
+    best = summary["methods"][0]
+    assert f"`{best['method']}` has the highest last-epoch top-1, {best['top1_mean']:.2f}%" in text
+    assert "support no claim of significance" in text  # 2 seeds
+    assert "share no head weight (head cosine n/a)" in text and "`dhkd`" in text
+
+
+def row(method, top1, std, seeds=3, **extra):
+    return {"method": method, "top1_mean": top1, "top1_std": std, "seeds": seeds, **extra}
+
+
+def summary_of(methods, teacher_top1=80.0, comparisons=(), conflict=()):
+    return {"methods": methods, "teacher": {"test": {"top1": teacher_top1}}, "comparisons": list(comparisons),
+            "conflict": list(conflict)}
+
+
+def test_conclusion_separates_what_exceeds_the_seed_spread():
+    methods = [row("dhkd", 70.0, 0.5), row("kd", 68.0, 0.5), row("ce", 67.8, 0.4)]
+    comparisons = [{"method": m, "reference": "ce", "n": 3, "top1_diff_mean": d, "top1_p": p}
+                   for m, d, p in (("dhkd", 2.2, 0.01), ("kd", 0.2, 0.6))]
+    text = " ".join(conclusion(summary_of(methods, comparisons=comparisons)))
+    assert "`dhkd` has the highest last-epoch top-1, 70.00%, 2.00 points above `kd`" in text
+    assert "exceeds the two methods' seed spread" in text
+    assert "Against `ce`, `dhkd` (+2.20) differs by more than the seed spread; `kd` does not." in text
+    assert "first indication" not in text  # 3 seeds
+    assert "`dhkd` vs `ce` (p 0.01)" in text and "`kd` vs `ce`" not in text
+
+
+def test_conclusion_never_claims_a_difference_within_the_spread_or_from_one_seed():
+    close = [row("kd", 70.0, 1.0), row("ce", 69.5, 1.0)]
+    assert "not separated" in " ".join(conclusion(summary_of(close)))
+    single = [row("kd", 70.0, None, seeds=1), row("ce", 60.0, None, seeds=1)]
+    text = " ".join(conclusion(summary_of(single)))
+    assert "no difference here can be told from seed noise" in text and "exceeds" not in text
+
+
+def test_conclusion_warns_about_a_useless_teacher_and_the_ceiling():
+    text = " ".join(conclusion(summary_of([row("kd", 70.0, 0.1), row("ce", 71.0, 0.1)], teacher_top1=70.5)))
+    assert "⚠ The teacher (70.50%) is no better than the CE student (71.00%)" in text
+    text = " ".join(conclusion(summary_of([row("kd", 99.8, 0.1), row("ce", 99.5, 0.1)], teacher_top1=99.9)))
+    assert "⚠ Every method is at the ceiling" in text and "no better than the CE" not in text
+
+
+def test_conclusion_reads_the_gradient_conflict():
+    conflict = [{"method": "ce+binarykl_norm", "pair": "ce vs binarykl_norm", "head": -0.2, "backbone": 0.3},
+                {"method": "dhkd", "pair": "ce vs aux_binarykl_norm", "head": None, "backbone": 0.1}]
+    text = " ".join(conclusion(summary_of([row("dhkd", 70.0, 0.5), row("ce", 60.0, 0.5)], conflict=conflict)))
+    assert "On a shared head, `ce+binarykl_norm` ce vs binarykl_norm (-0.200) pull apart" in text
+    assert "the head agrees less than the backbone for 1 of 1 pair(s)" in text
+    assert "`dhkd` ce vs aux_binarykl_norm (backbone +0.100)" in text

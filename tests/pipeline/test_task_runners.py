@@ -8,7 +8,7 @@ import torch
 
 from kdlib import artifacts
 from kdlib.config import parse_config
-from tests.helpers.project import BIN, make_project, project_env, run
+from tests.helpers.project import BIN, make_project, mlflow_runs, project_env, run
 from tests.helpers.study import TINY_STUDY
 
 # Both runners in one process (one temporary Prefect server), each on its own store.
@@ -57,6 +57,14 @@ def test_dask_local_cluster_equals_the_thread_runner(tmp_path):
             assert torch.equal(dask[pair][name], tensor), (pair, name)
     summaries = [json.loads((dest / out[r]["summary"] / "summary.json").read_text())["methods"] for r in ("thread", "dask")]
     assert summaries[0] == summaries[1]
+    # students training at once in two worker processes each log to their own live MLflow run, under their flow run's parent
+    logged = mlflow_runs(dest / "mlflow.db")
+    parents = [r for r, v in logged.items() if v["tags"].get("role") == "pipeline"]
+    assert len(parents) == 2 and "without MLflow" not in result.stdout + result.stderr
+    for parent in parents:
+        children = [v for v in logged.values() if v["tags"].get("mlflow.parentRunId") == parent]
+        assert sorted(v["name"] for v in children) == ["ce seed 0", "ce seed 1", "kd seed 0", "kd seed 1", "teacher resnet8"]
+        assert {v["status"] for v in children} == {"FINISHED"} and logged[parent]["status"] == "FINISHED"
 
 
 def test_task_runner_picks_the_runner():

@@ -44,3 +44,13 @@ def test_mlflow_shows_the_teacher_of_a_one_teacher_entry():
     assert [_teacher_param(cfg, m) for m in cfg.students.methods] == [
         {"settings.teacher": "teacher"}, {"settings.teacher": "teacher_mcmi"}, {},  # mt: settings.teachers
     ]
+
+
+def test_run_names_become_valid_tag_keys():
+    from mlflow.utils.validation import _validate_tag_name
+
+    from tasks.tracking import tag_key
+
+    for name in ("teacher second (mlp)", "ce+binarykl_norm seed 0", "kd seed 3", "teacher resnet8"):
+        _validate_tag_name(f"reused/{tag_key(name)}")
+    assert tag_key("teacher second (mlp)") == "teacher second mlp" and tag_key("ce+x seed 0") == "ce_plus_x seed 0"
