@@ -9,6 +9,8 @@ parameter counts are comparable with the published KD literature:
 - The zoo's ResNet50 (four stages of bottlenecks), MobileNetV2 (`mobile_half`), ShuffleV1,
   ShuffleV2, and MobileNetV1 (its ImageNet student), under the official names.
 - A small MLP, as a deliberately weak student / sanity baseline.
+- A small decoder-only transformer (`gpt.py`: `gpt_nano` ... `gpt_small`) for language
+  models, listed in ``TOKEN_ARCHS``: it reads token ids, not images.
 
 Parameter names are the official code's, except that every head is `classifier`
 (`kdlib.models.checkpoint` loads the released teachers, mapping the official names).
@@ -21,6 +23,11 @@ architecture:
 - ``model(x) -> (logits, feature)`` with ``feature`` the pooled penultimate
   activation of shape (N, feature_dim) and ``logits == classifier(feature)``.
 
+A token arch keeps the contract with *positions as rows*: ``num_classes`` is the
+vocabulary size, ``image_size`` the context length, ``x`` is (B, T) token ids, and the
+N rows of ``logits`` / ``feature`` are the B*T positions (batch-major), so every
+(N, C) loss and method runs per token.
+
 Feature-based KD losses read ``feature``; logit-based ones read ``logits``.
 """
 
@@ -32,7 +39,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from kdlib.models import mlp, mobilenet, resnet, shufflenet, vgg, wrn
+from kdlib.models import gpt, mlp, mobilenet, resnet, shufflenet, vgg, wrn
 from kdlib.models.heads import DualHead
 from kdlib.models.layers import init_weights
 
@@ -43,8 +50,11 @@ from kdlib.models.layers import init_weights
 # can build any architecture from a config string. Each family lists its own.
 
 ARCHS: dict[str, Callable[..., nn.Module]] = {
-    **resnet.ARCHS, **wrn.ARCHS, **vgg.ARCHS, **mobilenet.ARCHS, **shufflenet.ARCHS, **mlp.ARCHS
+    **resnet.ARCHS, **wrn.ARCHS, **vgg.ARCHS, **mobilenet.ARCHS, **shufflenet.ARCHS, **mlp.ARCHS, **gpt.ARCHS
 }
+
+TOKEN_ARCHS: frozenset[str] = frozenset(gpt.ARCHS)
+"""The archs that read (B, T) token ids (one row per position) instead of images."""
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -70,17 +80,23 @@ def forward_error(
 
     The model is built and run on the meta device in training mode: shapes and batch-norm
     batch checks are real, nothing is allocated, so config validation can afford it. A
-    batch of 1 is probed when `batch_size` is 1 (batch norm refuses it), else 2.
+    batch of 1 is probed when `batch_size` is 1 (batch norm refuses it), else 2. A token
+    arch is probed with (batch, image_size) token ids: `image_size` is its context length.
     """
     try:
         with torch.device("meta"):
             model = build_model(arch, num_classes, in_channels, image_size)
             if aux_head is not None:
                 model = DualHead(model, head=aux_head)
-            model.train()(torch.zeros(min(batch_size, 2), in_channels, image_size, image_size))
+            batch = min(batch_size, 2)
+            if arch in TOKEN_ARCHS:
+                x = torch.zeros(batch, image_size, dtype=torch.long)
+            else:
+                x = torch.zeros(batch, in_channels, image_size, image_size)
+            model.train()(x)
     except (RuntimeError, ValueError) as err:
         return str(err).splitlines()[0]
     return None
 
 
-__all__ = ["ARCHS", "build_model", "count_parameters", "forward_error", "init_weights"]
+__all__ = ["ARCHS", "TOKEN_ARCHS", "build_model", "count_parameters", "forward_error", "init_weights"]

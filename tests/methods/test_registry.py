@@ -47,7 +47,7 @@ def test_the_registry_lists_every_family_module_s_methods():
     assert set(method_names()) == {
         "ce", "kd", "binarykl", "binarykl_norm", "ce+binarykl", "ce+binarykl_norm", "dhkd", "dhkd_kd", "dkd", "kd+ls",
         "dkd+ls", "dist", "pld", "nkd", "zloss", "ldr", "sinkd", "kd++", "dkd++", "sparse_kd", "uskd", "bdkd",
-        "multi_teacher_kd",
+        "multi_teacher_kd", "reverse_kl", "gkd",
     }
     # each method is defined in its family's module
     assert method_class("dhkd").__module__ == method_class("dhkd_kd").__module__ == "kdlib.methods.dhkd"

@@ -5,12 +5,12 @@ import torch
 import torch.nn.functional as F
 
 from kdlib.losses.uskd import uskd_terms
-from kdlib.models import ARCHS, build_model
+from kdlib.models import ARCHS, TOKEN_ARCHS, build_model
 from kdlib.models.heads import DualHead, WeakHead
 from tests.helpers.methods import build
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a not in TOKEN_ARCHS])  # image archs: a stage to pool
 def test_weak_head_fits_every_arch(arch):
     model = WeakHead(build_model(arch, 10, 3, 8))
     logits, weak, feature = model(torch.randn(2, 3, 8, 8))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdlib.models import ARCHS, build_model
+from kdlib.models import ARCHS, TOKEN_ARCHS, build_model
 from kdlib.models.checkpoint import CheckpointError, load_checkpoint_model, load_official_state, read_state_dict
 from tests.helpers.official import OFFICIAL_KEYS, OFFICIAL_KEYS_CRD, fingerprint, official_state_dict
 
@@ -51,7 +51,7 @@ def _release(path, state: dict, **extra) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a not in TOKEN_ARCHS])  # no released LM teachers
 def test_released_format_loads_for_every_arch(arch: str, tmp_path) -> None:
     source = _randomised(arch)
     path = tmp_path / f"{arch}.pth"
