@@ -82,8 +82,11 @@ class DataConfig(Strict):
     test_per_class: int = Field(20, ge=1, description="synthetic only")
     image_size: int = Field(8, ge=4, description="synthetic and imagefolder; each arch is probed at it (see input_shape)")
     difficulty: float = Field(1.0, ge=0.0, description="synthetic only: scales the nuisance")
-    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="digits only")
-    path: str | None = Field(None, description="cifar: the official archive; imagefolder: the folder with train/ and test/")
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="digits: images held out; text: documents held out")
+    path: str | None = Field(
+        None, description="cifar: the official archive; imagefolder: the folder with train/ and test/; text: a folder "
+        "of UTF-8 .txt files, one document each, read instead of data.corpus",
+    )
     url: str | None = Field(None, description="cifar: where to download the official archive (MD5 checked) into `root`")
     root: str = Field("data", description="where downloads go; data paths must lie inside the project or here")
     md5_check: bool = Field(
@@ -91,6 +94,27 @@ class DataConfig(Strict):
         description="cifar: read an archive (data.path or a download) only if its MD5 is the official one; false "
         "accepts a modified archive. Left out of dumps (and so of prepare_data's key): it decides whether a build "
         "may run, never what it builds",
+    )
+    vocab_size: int = Field(
+        4096, gt=256, le=65536, description="text: the byte-level BPE vocabulary trained on the train split (256 "
+        "bytes, the end-of-text token, merges); with data.tokenizer, ignored: that tokenizer's vocabulary is used",
+    )
+    context: int = Field(
+        64, ge=1, le=65536, description="text: tokens per training window (T); each arch is probed with it in the image-size slot"
+    )
+    corpus: list[Literal["pydoc", "stdlib"]] = Field(
+        default_factory=lambda: ["pydoc"], min_length=1,
+        description="text: the built-in documents, read from this Python: pydoc (the standard library's documentation "
+        "topics, one per topic), stdlib (the standard library's .py files, one per file); ignored with data.path",
+    )
+    max_chars: int | None = Field(
+        None, ge=1, description="text: at most this many characters per corpus domain (a prefix of its documents in "
+        "sorted order), for small studies; unset: all",
+    )
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="text: documents held out for validation")
+    tokenizer: str | None = Field(
+        None, description="text: a Hugging Face tokenizer.json with an <|endoftext|> token, used instead of training "
+        "one; inside the project or data.root",
     )
 
     @model_validator(mode="before")
@@ -109,13 +133,15 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _check_paths(self) -> "DataConfig":
-        if self.path is not None:
-            path = Path(self.path).expanduser().resolve()
+        for field, value in (("path", self.path), ("tokenizer", self.tokenizer)):
+            if value is None:
+                continue
+            path = Path(value).expanduser().resolve()
             allowed = (Path.cwd().resolve(), Path(self.root).expanduser().resolve())
             if not any(path.is_relative_to(base) for base in allowed):
-                raise ValueError(f"data.path {self.path!r} is outside the project and data.root ({self.root!r}); move it or set data.root")
+                raise ValueError(f"data.{field} {value!r} is outside the project and data.root ({self.root!r}); move it or set data.root")
             if not path.exists():
-                raise ValueError(f"data.path {self.path!r} does not exist (resolved to {path})")
+                raise ValueError(f"data.{field} {value!r} does not exist (resolved to {path})")
         # after the path is known to lie inside the project: a source's check may list it
         _source(self.source).check(self)
         return self

@@ -9,6 +9,7 @@ from kdlib import artifacts
 from kdlib.config import StudyConfig
 from kdlib.data.dataset import Dataset, save_dataset
 from kdlib.data.sources.base import source_class
+from kdlib.data.tokens import TokenDataset
 from tasks import common
 
 STEP = "prepare_data"
@@ -19,11 +20,15 @@ SOURCE_DIGESTS = ".source-digests.json"  # in the store: sha256 per data file, b
 def config_slice(cfg: StudyConfig) -> dict[str, Any]:
     """The `data` section, plus the content digest of `data.path` when it names a file or
     folder: replacing a data set at the same path changes the key. (A `data.url` download
-    is pinned by its official MD5.)"""
+    is pinned by its official MD5.) Plus the source's own `content_digest` where it has
+    one (text: the corpus that ships with this Python, the tokenizer file)."""
     sliced = cfg.data.model_dump()
     if cfg.data.path is not None:
         memo = Path(cfg.runtime.store) / SOURCE_DIGESTS
         sliced["content"] = artifacts.content_digest(Path(cfg.data.path), memo)
+    source_content = source_class(cfg.data.source).content_digest(cfg.data)
+    if source_content is not None:
+        sliced["source_content"] = source_content
     return sliced
 
 
@@ -36,7 +41,7 @@ def key(cfg: StudyConfig) -> str:
     return common.cache_key(STEP, config_slice(cfg), [], code_roots(cfg))
 
 
-def build(cfg: StudyConfig) -> Dataset:
+def build(cfg: StudyConfig) -> Dataset | TokenDataset:
     """The data set of the source `data.source` names (see `kdlib.data.sources`)."""
     return source_class(cfg.data.source).build(cfg.data)
 
@@ -52,7 +57,13 @@ def run(cfg: StudyConfig, out_dir: Path) -> common.Manifest:
         "num_test": len(ds.x_test),
         "shape": list(ds.x_train.shape[1:]),
     }
-    print(f"prepare_data: {ds.name}, {meta['num_train']} train / {meta['num_test']} test images of shape {meta['shape']}")
+    if isinstance(ds, TokenDataset):
+        meta.update(kind="tokens", num_val=len(ds.x_val), context=ds.context,
+                    tokens={s: getattr(ds, f"x_{s}").shape[0] * (ds.context + 1) for s in ("train", "val", "test")})
+        print(f"prepare_data: {ds.name}, {meta['num_train']} train / {meta['num_val']} validation / {meta['num_test']} "
+              f"test windows of {ds.context} tokens ({meta['tokens']['train']} training tokens), vocabulary {ds.num_classes}")
+    else:
+        print(f"prepare_data: {ds.name}, {meta['num_train']} train / {meta['num_test']} test images of shape {meta['shape']}")
     return artifacts.write_manifest(out_dir, STEP, k, meta)
 
 

@@ -2,7 +2,8 @@
 
 Images are stored as uint8 (N, C, H, W) so a data set is small on disk and
 bit-exact across machines; ``to_float`` normalises at use time. Where the images
-come from is a source's business (``kdlib.data.sources``).
+come from is a source's business (``kdlib.data.sources``). The dataset file also holds
+token data sets (``kdlib.data.tokens.TokenDataset``), told apart by its ``kind``.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from kdlib import artifacts
+from kdlib.data import tokens
+from kdlib.data.tokens import TokenDataset
 
 _FORMAT_VERSION = 1
 
@@ -108,16 +111,24 @@ def to_float(images_uint8: Tensor, mean: Sequence[float], std: Sequence[float]) 
 # Persistence
 
 _TENSOR_FIELDS = ("x_train", "y_train", "x_test", "y_test", "coarse_of_class")
+IMAGES = "images"
+"""The ``kind`` of an image data set file. Image files carry no ``kind`` key (they are
+written byte for byte as before token data sets existed); a file without one is images."""
+Kind = Literal["images", "tokens"]
 
 
-def save_dataset(ds: Dataset, path: Path) -> None:
+def save_dataset(ds: Dataset | TokenDataset, path: Path) -> None:
     """Write ``ds`` with ``torch.save`` atomically (temp file + rename, see kdlib.artifacts).
 
     Only tensors and plain values are stored, so ``load_dataset`` can use
-    ``weights_only=True``; a crash mid-write never leaves a partial file behind.
+    ``weights_only=True``; a crash mid-write never leaves a partial file behind. A
+    ``TokenDataset`` is written with ``kind: "tokens"`` (``kdlib.data.tokens.to_payload``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(ds, TokenDataset):
+        artifacts.save_tensors(path, tokens.to_payload(ds))
+        return
     payload: dict[str, Any] = {name: getattr(ds, name).contiguous() for name in _TENSOR_FIELDS}
     payload.update(
         format_version=_FORMAT_VERSION,
@@ -129,11 +140,13 @@ def save_dataset(ds: Dataset, path: Path) -> None:
     artifacts.save_tensors(path, payload)
 
 
-def load_dataset(path: Path) -> Dataset:
-    """Read a file written by ``save_dataset`` (``weights_only=True``, validated).
+def load_dataset(path: Path, kind: Kind | None = None) -> Dataset | TokenDataset:
+    """Read a file written by ``save_dataset`` (``weights_only=True``, validated): a
+    ``Dataset`` or a ``TokenDataset``, as its ``kind`` says; ``kind`` given, the file must
+    be of that kind.
 
     Raises ``FileNotFoundError`` if ``path`` is missing and ``ValueError`` naming
-    the path if it is unreadable or not a data set file.
+    the path if it is unreadable, not a data set file, or of another kind.
     """
     path = Path(path)
     if not path.is_file():
@@ -142,6 +155,16 @@ def load_dataset(path: Path) -> Dataset:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip errors come in many types
         raise ValueError(f"cannot read dataset file {path}: {exc}") from exc
+    found = payload.get("kind", IMAGES) if isinstance(payload, dict) else IMAGES
+    if not isinstance(found, str) or found not in (IMAGES, tokens.KIND):
+        raise ValueError(f"{path} is not a kdflow dataset file (unknown kind {found!r})")
+    if kind is not None and found != kind:
+        raise ValueError(f"{path} holds a {found} data set, not {kind}")
+    if found == tokens.KIND:
+        try:
+            return tokens.from_payload(payload)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path} holds an invalid token dataset: {exc}") from exc
     required = set(_TENSOR_FIELDS) | {"num_classes", "mean", "std", "name"}
     if not isinstance(payload, dict) or not required <= payload.keys():
         missing = sorted(required - payload.keys()) if isinstance(payload, dict) else "all"

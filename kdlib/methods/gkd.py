@@ -36,7 +36,7 @@ class GKD(Method):
     def forward_train(self, model, x, target, teacher, epoch):
         s = self.settings
         logits, _ = model(x)
-        return logits, {
-            "ce": s.ce_weight * ce.cross_entropy(logits, target),
-            "gkd": s.kd_weight * tokens.generalized_jsd_loss(logits, teacher, s.beta, s.temperature),
-        }
+        terms = {"gkd": s.kd_weight * tokens.generalized_jsd_loss(logits, teacher, s.beta, s.temperature)}
+        if s.ce_weight > 0:  # GKD's default has no CE term: a zero-weight term would be logged and probed as one
+            terms["ce"] = s.ce_weight * ce.cross_entropy(logits, target)
+        return logits, terms

@@ -22,11 +22,12 @@ MODULES = {
     "digits": "digits",
     "imagefolder": "imagefolder",
     "synthetic": "synthetic",
+    "text": "text",
 }
 
 
 def test_sources() -> None:
-    assert source_names() == ("cifar10", "cifar100", "digits", "imagefolder", "synthetic")
+    assert source_names() == ("cifar10", "cifar100", "digits", "imagefolder", "synthetic", "text")
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))

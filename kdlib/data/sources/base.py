@@ -13,9 +13,11 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import threading
+from collections.abc import Sequence
 from typing import ClassVar, Protocol
 
 from kdlib.data.dataset import Dataset
+from kdlib.data.tokens import TokenDataset
 
 
 class DataSettings(Protocol):
@@ -42,6 +44,18 @@ class DataSettings(Protocol):
     def root(self) -> str: ...
     @property
     def md5_check(self) -> bool: ...
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def context(self) -> int: ...
+    @property
+    def corpus(self) -> Sequence[str]: ...
+    @property
+    def max_chars(self) -> int | None: ...
+    @property
+    def val_fraction(self) -> float: ...
+    @property
+    def tokenizer(self) -> str | None: ...
 
 
 class DataSourceError(ValueError):
@@ -78,11 +92,19 @@ class Source:
     def input_shape(cls, data: DataSettings) -> tuple[int, int, int]:
         """(channels, image size, classes) of the images this source yields, known
         before any data is read: what config validation probes each arch with and checks
-        the class count of the study's methods and ``logits.topk`` against."""
+        the class count of the study's methods and ``logits.topk`` against. (A token
+        source puts its context length in the image-size slot.)"""
         raise NotImplementedError
 
     @classmethod
-    def build(cls, data: DataSettings) -> Dataset:
+    def content_digest(cls, data: DataSettings) -> str | None:
+        """sha256 of the content this source would read that the ``data`` settings do not
+        already pin (a corpus that ships with Python changes with Python), for
+        ``prepare_data``'s key; None where the settings and ``data.path`` say it all."""
+        return None
+
+    @classmethod
+    def build(cls, data: DataSettings) -> Dataset | TokenDataset:
         """Read or generate the data set (``prepare_data`` runs this, once per key).
 
         Bad input (a file or folder that cannot be read as this source reads it) raises
