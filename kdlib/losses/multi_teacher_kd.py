@@ -62,13 +62,31 @@ def entropy_balanced_temperatures(
         return torch.where(reachable, hi, torch.full_like(hi, float(max_temperature)))
 
 
-def multi_teacher_kd_loss(student: torch.Tensor, teachers: torch.Tensor, temperatures: torch.Tensor) -> torch.Tensor:
-    """``mean_k mean_n KL(softmax(t_k[n] / tau_k) || softmax(s[n]))``: equal weights.
+KD_REDUCTIONS = ("mean", "batchmean")
 
-    As MTARD: only the teachers' targets are tempered (the student's logits are not), so
-    a teacher's temperature sets the entropy of the target the student is pulled to, which
-    is what the entropy balance equalises; no ``T^2`` factor (the student is at T = 1).
-    `teachers` (K, N, C), `temperatures` (K,), both constants here.
+
+def multi_teacher_kd_loss(
+    student: torch.Tensor,
+    teachers: torch.Tensor,
+    temperatures: torch.Tensor,
+    reduction: str = "mean",
+    target_log_eps: float = 1e-5,
+) -> torch.Tensor:
+    """``mean_k`` of each teacher's ``p_k log(p_k + eps) - p_k log softmax(s)``, reduced.
+
+    ``p_k = softmax(t_k / tau_k)``. As MTARD: only the teachers' targets are tempered (the
+    student's logits are not), so a teacher's temperature sets the entropy of the target the
+    student is pulled to, which is what the entropy balance equalises; no ``T^2`` factor (the
+    student is at T = 1); equal weights 1/K. `teachers` (K, N, C), `temperatures` (K,), both
+    constants here.
+
+    * ``reduction="mean"`` (default): the mean over the batch *and* the classes, MTARD's
+      ``torch.mean`` of its elementwise ``kl_loss`` (``resnet18_mtard_cifar10.py:56-58,125-126``);
+      ``"batchmean"``: summed over the classes, mean over the batch (the per-row KL,
+      ``C`` times the former: kdflow's before).
+    * ``target_log_eps`` (default ``1e-5``, MTARD's ``torch.log(b + 1e-5)``): added to the
+      target probability inside its own log; ``0`` gives the exact KL. It shifts the value
+      only (the target is a constant): the student's gradient is the same.
     """
     check_logits(student, "student")
     _check_teacher_stack(teachers)
@@ -76,8 +94,16 @@ def multi_teacher_kd_loss(student: torch.Tensor, teachers: torch.Tensor, tempera
         raise ValueError(f"teachers shape {tuple(teachers.shape)} does not match student shape (K, *{tuple(student.shape)})")
     if not isinstance(temperatures, torch.Tensor) or temperatures.shape != (teachers.shape[0],) or not bool((temperatures > 0).all()):
         raise ValueError(f"temperatures must be a positive tensor of shape ({teachers.shape[0]},), got {temperatures!r}")
+    if reduction not in KD_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {KD_REDUCTIONS}, got {reduction!r}")
+    if not (isinstance(target_log_eps, (int, float)) and 0 <= float(target_log_eps) < float("inf")):
+        raise ValueError(f"target_log_eps must be a finite number >= 0, got {target_log_eps!r}")
     dt = compute_dtype(student, teachers)
     log_ps = F.log_softmax(student.to(dt), dim=1)
     taus = temperatures.detach().to(device=teachers.device, dtype=dt).reshape(-1, 1, 1)
     log_pt = F.log_softmax(teachers.detach().to(dt) / taus, dim=2)
-    return (log_pt.exp() * (log_pt - log_ps.unsqueeze(0))).sum(dim=2).mean()
+    p_t = log_pt.exp()
+    log_target = log_pt if float(target_log_eps) == 0 else torch.log(p_t + float(target_log_eps))
+    per_row = (p_t * (log_target - log_ps.unsqueeze(0))).sum(dim=2)
+    loss = per_row.mean()
+    return loss / student.shape[1] if reduction == "mean" else loss

@@ -172,7 +172,7 @@ def uskd_official(s, w, y, alpha=0.1, beta=0.1, mu=0.1, ce_weight=1.0, rank_key=
     `rank_key`: "official" ranks by `w_i/(1 - w_y + 1e-6) + log s_i/(1 - s_y + 1e-6)`, as the code
     does (line 73: `s_i` was overwritten by `log_softmax` at line 53, `s_t` by the gathered
     log-probability at line 54); "probabilities" uses `s_i` and `s_y` as probabilities (the
-    specification's reading), still with the code's 1e-6."""
+    specification's reading: kdflow's `nontarget_rank: paper`), still with the code's 1e-6."""
     n, c = s.shape
     lab = y.unsqueeze(1)
     s_y = _softmax(s).gather(1, lab)
@@ -357,7 +357,7 @@ def pld_paper(s: Tensor, t: Tensor, y: Tensor, tau: float = 4.0) -> Tensor:
 def zloss_paper(o: Tensor, y: Tensor, a: float = 1.0, b: float = 5.0, std_eps: float = 0.0) -> Tensor:
     """Z-loss (de Brebisson & Vincent, arXiv 1604.08859): z = (o - mu) / sigma with the population
     sigma = sqrt(mean (o - mu)^2), L = mean_n softplus(a (b - z_y)) / a. The paper has no eps;
-    `std_eps` adds one to sigma (kdflow's 1e-7)."""
+    `std_eps` adds one to sigma (kdflow's `std_eps` setting, default 1e-7)."""
     mu = o.mean(1, keepdim=True)
     sigma = ((o - mu) ** 2).mean(1, keepdim=True).sqrt() + std_eps
     z_y = ((o - mu) / sigma).gather(1, y.unsqueeze(1)).squeeze(1)

@@ -40,17 +40,23 @@ def test_entropy_balance_equalises_mean_entropy():
     assert taus[0].item() == 1.0 and 1.0 < taus[1].item() < taus[2].item()
 
 
-def test_multi_teacher_kd_loss_value_and_gradient_by_hand():
+@pytest.mark.parametrize("reduction,eps", [("batchmean", 0.0), ("mean", 1e-5), ("mean", 0.0), ("batchmean", 1e-5)])
+def test_multi_teacher_kd_loss_value_and_gradient_by_hand(reduction, eps):
+    """("batchmean", 0): the per-row KL (kdflow's term before the settings); ("mean", 1e-5), the
+    default: MTARD's, the mean over the C = 2 classes too and log(p + 1e-5) for the target's log."""
     s = torch.tensor([[0.0, 0.0]], dtype=torch.float64, requires_grad=True)  # student softmax [1/2, 1/2]
     teachers = torch.stack([binary_teacher(math.log(3), 1), binary_teacher(2 * math.log(4), 1)])
     taus = torch.tensor([1.0, 2.0], dtype=torch.float64)  # targets [1/4, 3/4] and [1/5, 4/5]
-    loss = multi_teacher_kd.multi_teacher_kd_loss(s, teachers, taus)
+    loss = multi_teacher_kd.multi_teacher_kd_loss(s, teachers, taus, reduction, eps)
     p1, p2 = np.array([0.25, 0.75]), np.array([0.2, 0.8])
-    kl = lambda p: float((p * np.log(p / 0.5)).sum())  # noqa: E731
-    assert loss.item() == pytest.approx((kl(p1) + kl(p2)) / 2, rel=1e-12)
+    kl = lambda p: float((p * (np.log(p + eps) - np.log(0.5))).sum())  # noqa: E731
+    per_class = 2 if reduction == "mean" else 1
+    assert loss.item() == pytest.approx((kl(p1) + kl(p2)) / 2 / per_class, rel=1e-12)
     loss.backward()
-    # d KL(p || softmax(s)) / ds = softmax(s) - p, averaged over the teachers
-    assert np.allclose(s.grad.numpy(), [0.5 - (p1 + p2) / 2], atol=1e-12)
+    # d KL(p || softmax(s)) / ds = softmax(s) - p, averaged over the teachers (eps: no effect)
+    assert np.allclose(s.grad.numpy(), [(0.5 - (p1 + p2) / 2) / per_class], atol=1e-12)
+    if (reduction, eps) == ("mean", 1e-5):  # the default
+        assert multi_teacher_kd.multi_teacher_kd_loss(s, teachers, taus).item() == loss.item()
 
 
 def test_multi_teacher_kd_loss_gradcheck_and_large_logits():
@@ -77,3 +83,7 @@ def test_bad_teacher_stacks_are_refused():
         multi_teacher_kd.entropy_balanced_temperatures(torch.zeros(2, 4, 3), 1.0, 0.5)
     with pytest.raises(ValueError, match="does not match student shape"):
         multi_teacher_kd.multi_teacher_kd_loss(torch.zeros(4, 3), torch.zeros(2, 4, 5), torch.ones(2))
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        multi_teacher_kd.multi_teacher_kd_loss(torch.zeros(4, 3), torch.zeros(2, 4, 3), torch.ones(2), "sum")
+    with pytest.raises(ValueError, match="target_log_eps must be a finite number >= 0"):
+        multi_teacher_kd.multi_teacher_kd_loss(torch.zeros(4, 3), torch.zeros(2, 4, 3), torch.ones(2), "mean", -1e-5)

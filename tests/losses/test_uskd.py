@@ -19,8 +19,10 @@ def softmax(row):
     return [v / sum(e) for v in e]
 
 
-def uskd_reference(student, weak, target):
-    """USKD's terms row by row, from the definitions (docs/methods.md)."""
+def uskd_reference(student, weak, target, nontarget_rank="official"):
+    """USKD's terms row by row, from the definitions (docs/methods.md). The ranking key:
+    "official" the code's (log-probabilities of the student, with its 1e-6), "paper" the
+    probabilities (no 1e-6)."""
     rows = [(s.tolist(), w.tolist(), int(y)) for s, w, y in zip(student, weak, target)]
     s_y = [softmax(s)[y] for s, _, y in rows]
     mean_sq = sum(v * v for v in s_y) / len(rows)
@@ -31,7 +33,11 @@ def uskd_reference(student, weak, target):
         l_t -= p_t * math.log(softmax(s)[y])
         ps, pw = softmax(s), softmax(w)
         others = [i for i in range(c) if i != y]
-        key = {i: pw[i] / (1 - pw[y]) + ps[i] / (1 - ps[y]) for i in range(c)}
+        if nontarget_rank == "official":
+            lps = [math.log(v) for v in ps]
+            key = {i: pw[i] / (1 - pw[y] + 1e-6) + lps[i] / (1 - lps[y] + 1e-6) for i in range(c)}
+        else:
+            key = {i: pw[i] / (1 - pw[y]) + ps[i] / (1 - ps[y]) for i in range(c)}
         ranked = sorted(range(c), key=lambda i: (-key[i], i))  # all C classes, target included
         total = sum(1 / (ranked.index(i) + 1) for i in others)
         zipf = {i: (1 / (ranked.index(i) + 1)) / total for i in others}
@@ -53,22 +59,25 @@ def test_uskd_uniform_logits_by_hand():
         assert got.item() == pytest.approx(want, rel=1e-6)
 
 
-def test_uskd_zipf_follows_the_combined_ranking():
+@pytest.mark.parametrize("rank", ["official", "paper"])
+def test_uskd_zipf_follows_the_combined_ranking(rank):
+    """The keys below are the paper's (probabilities); the official key (log-probabilities of
+    the student) orders these rows the same way."""
     y = torch.tensor([0])
     s = torch.tensor([[0.0, 3.0, 2.0, 1.0]])
     log_s_hat = torch.log_softmax(torch.tensor([3.0, 2.0, 1.0]), 0)
     # weak head silent: classes 1 > 2 > 3 > target (its key 1/3 + 0.034 is the smallest)
     # -> Zipf 1, 1/2, 1/3 over 11/6
-    _, l_non, _ = uskd.uskd_terms(s, torch.zeros(1, 4), y)
+    _, l_non, _ = uskd.uskd_terms(s, torch.zeros(1, 4), y, rank)
     want = -(6 / 11 * log_s_hat[0] + 3 / 11 * log_s_hat[1] + 2 / 11 * log_s_hat[2])
     assert l_non.item() == pytest.approx(want.item(), rel=1e-6)
     # a weak head sure of class 3 moves it to rank 1: order 3, 1, 2
-    _, l_non, _ = uskd.uskd_terms(s, torch.tensor([[0.0, -10.0, 0.0, 10.0]]), y)
+    _, l_non, _ = uskd.uskd_terms(s, torch.tensor([[0.0, -10.0, 0.0, 10.0]]), y, rank)
     want = -(3 / 11 * log_s_hat[0] + 2 / 11 * log_s_hat[1] + 6 / 11 * log_s_hat[2])
     assert l_non.item() == pytest.approx(want.item(), rel=1e-6)
     # a confident student ranks its target first (odds 0.976 / 0.024 ~ 40): the non-target
     # classes take ranks 2 and 3 -> Zipf 1/2, 1/3 over 5/6 = (0.6, 0.4), not (2/3, 1/3)
-    _, l_non, _ = uskd.uskd_terms(torch.tensor([[5.0, 1.0, 0.0]]), torch.zeros(1, 3), y)
+    _, l_non, _ = uskd.uskd_terms(torch.tensor([[5.0, 1.0, 0.0]]), torch.zeros(1, 3), y, rank)
     log_s_hat = torch.log_softmax(torch.tensor([1.0, 0.0]), 0)
     assert l_non.item() == pytest.approx(-(0.6 * log_s_hat[0] + 0.4 * log_s_hat[1]).item(), rel=1e-6)
 
@@ -86,16 +95,33 @@ def test_uskd_soft_target_is_batch_centred_squared_probability():
     assert l_non.item() == pytest.approx(0.0, abs=1e-7)  # one non-target class: Zipf puts 1 on it, log 1 = 0
 
 
+@pytest.mark.parametrize("rank", ["official", "paper"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_uskd_matches_the_row_reference(seed):
+def test_uskd_matches_the_row_reference(seed, rank):
     g = torch.Generator().manual_seed(seed)
     s, w = torch.randn(6, 7, generator=g, dtype=torch.float64) * 3, torch.randn(6, 7, generator=g, dtype=torch.float64) * 3
     y = torch.randint(0, 7, (6,), generator=g)
-    got = uskd.uskd_terms(s, w, y)
-    for term, want in zip(got, uskd_reference(s, w, y)):
+    got = uskd.uskd_terms(s, w, y, rank)
+    for term, want in zip(got, uskd_reference(s, w, y, rank)):
         assert term.item() == pytest.approx(want, rel=1e-10)
-    total = uskd.uskd_loss(s, w, y, 0.3, 0.5, 0.7)
+    total = uskd.uskd_loss(s, w, y, 0.3, 0.5, 0.7, rank)
     assert total.item() == pytest.approx(0.3 * got[0].item() + 0.5 * got[1].item() + 0.7 * got[2].item(), rel=1e-12)
+    if rank == "official":  # the default
+        for a, b in zip(got, uskd.uskd_terms(s, w, y)):
+            assert a.item() == b.item()
+
+
+def test_uskd_the_two_ranking_keys_differ_in_the_zipf_term_only():
+    """On random rows the keys order the non-target classes differently (L_non differs);
+    L_target and L_weak do not depend on the key."""
+    g = torch.Generator().manual_seed(0)
+    s, w = torch.randn(6, 7, generator=g, dtype=torch.float64) * 3, torch.randn(6, 7, generator=g, dtype=torch.float64) * 3
+    y = torch.randint(0, 7, (6,), generator=g)
+    official, paper = uskd.uskd_terms(s, w, y, "official"), uskd.uskd_terms(s, w, y, "paper")
+    assert official[0].item() == paper[0].item() and official[2].item() == paper[2].item()
+    assert official[1].item() != pytest.approx(paper[1].item(), rel=1e-6)
+    with pytest.raises(ValueError, match="nontarget_rank must be one of"):
+        uskd.uskd_terms(s, w, y, "probabilities")
 
 
 def test_uskd_gradients_analytic_and_gradcheck():

@@ -35,3 +35,20 @@ def test_z_loss_numpy_and_invariance():
     shift = np.random.default_rng(18).normal(size=(6, 1)) * 20
     scale = np.exp(np.random.default_rng(19).normal(size=(6, 1)))
     assert z_loss(t64(o * scale + shift), torch.tensor(y), 0.5, 3.0).item() == pytest.approx(got, rel=1e-6)
+
+
+def test_z_loss_std_eps_zero_is_the_papers_formula_and_the_default_is_kdflows_guard():
+    """`std_eps=0`: the paper's z-score exactly (numpy, no eps); the default 1e-7 (kdflow's guard)
+    moves it by ~1e-7 / std relative, and keeps a constant row finite (z = 0) where the paper's
+    0 / 0 is NaN."""
+    o, y = rand(6, 8, 17), labels(6, 8, 17)
+    paper = z_loss(t64(o), torch.tensor(y), 0.5, 3.0, std_eps=0.0).item()
+    assert paper == pytest.approx(np_z(o, y, 0.5, 3.0), rel=1e-13)
+    default = z_loss(t64(o), torch.tensor(y), 0.5, 3.0).item()
+    assert default == z_loss(t64(o), torch.tensor(y), 0.5, 3.0, std_eps=1e-7).item()
+    assert default != paper and default == pytest.approx(paper, rel=1e-6)
+    flat, y0 = torch.zeros(2, 4, dtype=torch.float64), torch.tensor([0, 1])
+    assert z_loss(flat, y0, 1.0, 5.0).item() == pytest.approx(math.log1p(math.exp(5.0)))  # z_y = 0
+    assert math.isnan(z_loss(flat, y0, 1.0, 5.0, std_eps=0.0).item())
+    with pytest.raises(ValueError, match="std_eps must be a finite number >= 0"):
+        z_loss(flat, y0, 1.0, 5.0, std_eps=-1e-7)

@@ -34,9 +34,13 @@ def test_projector_only_when_widths_differ_and_dropped_at_export():
         build("kd++").build(build_model("mlp", 10, 1, 8))
 
 
+@pytest.mark.parametrize("warmup_start,ramp", [("official", 4 / 20), ("one_epoch_ahead", 5 / 20)])
 @pytest.mark.parametrize("name", ["kd++", "dkd++"])
-def test_nd_methods_terms_by_hand(name):
-    method, model, x, y = setup_cache_reader(name)
+def test_nd_methods_terms_by_hand(name, warmup_start, ramp):
+    """At epoch 4 (from 0): the ND code's ramp 4/20 (default), kdflow's earlier 5/20 by name."""
+    settings = {} if warmup_start == "official" else {"warmup_start": warmup_start}
+    method, model, x, y = setup_cache_reader(name, **settings)
+    assert method.settings.warmup_start == warmup_start
     t = teacher_batch()
     logits, terms = method.forward_train(model, x, y, t, epoch=4)
     with torch.no_grad():
@@ -44,7 +48,6 @@ def test_nd_methods_terms_by_hand(name):
         projected = model.projector(plain_feat)
     torch.testing.assert_close(logits, plain_logits)
     assert set(terms) == ({"ce", "kd", "nd"} if name == "kd++" else {"ce", "dkd", "nd"})
-    ramp = 5 / 20
     ce = torch.nn.functional.cross_entropy(plain_logits, y)
     nd_weight = 2.0 if name == "kd++" else 0.5
     torch.testing.assert_close(terms["ce"], ce)
@@ -61,11 +64,28 @@ def test_nd_methods_terms_by_hand(name):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_kd_pp_ramps_only_the_kd_term():
-    method, model, x, y = setup_cache_reader("kd++", warmup_epochs=4)
+@pytest.mark.parametrize("warmup_start,factors", [
+    ("official", [(0, 0.0), (1, 0.25), (3, 0.75), (4, 1.0)]),  # the ND code: min(epoch / 4, 1)
+    ("one_epoch_ahead", [(0, 0.25), (2, 0.75), (3, 1.0)]),  # kdflow's earlier: min((epoch + 1) / 4, 1)
+])
+def test_kd_pp_ramps_only_the_kd_term(warmup_start, factors):
+    method, model, x, y = setup_cache_reader("kd++", warmup_epochs=4, warmup_start=warmup_start)
     t = teacher_batch()
     full = method.forward_train(model, x, y, t, epoch=10)[1]
-    for epoch, factor in [(0, 0.25), (2, 0.75), (3, 1.0)]:
+    for epoch, factor in factors:
         terms = method.forward_train(model, x, y, t, epoch)[1]
         torch.testing.assert_close(terms["kd"], factor * full["kd"])
         torch.testing.assert_close(terms["nd"], full["nd"])
+
+
+@pytest.mark.parametrize("name", ["kd++", "dkd++"])
+def test_nd_warmup_start_is_named_and_zero_warmup_means_no_ramp(name):
+    from kdlib.methods.base import validate_method_entry
+    from kdlib.methods.nd import nd_warmup_ramp
+
+    with pytest.raises(ValueError, match="warmup_start"):
+        validate_method_entry(name, {"warmup_start": "epoch_plus_one"})
+    for start in ("official", "one_epoch_ahead"):
+        assert nd_warmup_ramp(0, 0, start) == 1.0  # warmup 0: no ramp (the ND code would divide by 0)
+        assert nd_warmup_ramp(25, 20, start) == 1.0
+    assert nd_warmup_ramp(0, 20, "official") == 0.0 and nd_warmup_ramp(0, 20, "one_epoch_ahead") == 1 / 20

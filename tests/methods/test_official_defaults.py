@@ -2,8 +2,9 @@
 code (tests/helpers/official_losses.py, sources pinned there): every term's value and its
 gradient w.r.t. the student's (and, where trained, the other heads') logits, float64, on
 random inputs. Where kdflow's default differs from the official code, the difference is shown
-to be exactly a named setting (set to the official value: equal); a difference that is not a
-setting is an `xfail(strict=True)` naming it.
+to be exactly a named setting (set to the official value: equal), and the named kdflow
+variant is shown to reproduce kdflow's earlier behaviour. No difference is left that is not a
+setting (there is no `xfail` here).
 
 Covered elsewhere: dhkd (test_dhkd.py, test_grad_align.py), dkd+ls
 (test_logit_standardization.py), sinkd (tests/losses/test_sinkd.py), ldr
@@ -132,10 +133,10 @@ def case_dkd(epoch):
     return terms, off.mdistiller_dkd(z, t, y, epoch + 1), [z]  # mdistiller counts epochs from 1
 
 
-def case_uskd():
+def case_uskd(raw: dict | None = None, rank_key: str = "official"):
     z, w, y = rand(N, C, seed=1, grad=True), rand(N, C, seed=5, grad=True), labels(3)
-    _, terms = build("uskd").forward_train(lambda _x: (z, w, None), None, y, None, 30)
-    return terms, off.uskd_official(z, w, y), [z, w]
+    _, terms = build("uskd", raw).forward_train(lambda _x: (z, w, None), None, y, None, 30)
+    return terms, off.uskd_official(z, w, y, rank_key=rank_key), [z, w]
 
 
 def nd_inputs():
@@ -146,16 +147,19 @@ def nd_inputs():
     return z, f, t, y, TeacherBatch(logits=t, feature_norms=norms, class_means=centers)
 
 
-def case_kdpp(epoch):
+def case_kdpp(epoch, raw: dict | None = None, official_epoch: int | None = None):
+    """kd++ at kdflow's `epoch` against the ND code at `official_epoch` (default: the same)."""
     z, f, t, y, tb = nd_inputs()
-    _, terms = build("kd++").forward_train(lambda _x: (z, f), None, y, tb, epoch)
-    return terms, off.kdpp_official(z, t, f, tb.feature_norms, tb.class_means, y, epoch), [z, f]
+    _, terms = build("kd++", raw).forward_train(lambda _x: (z, f), None, y, tb, epoch)
+    e = epoch if official_epoch is None else official_epoch
+    return terms, off.kdpp_official(z, t, f, tb.feature_norms, tb.class_means, y, e), [z, f]
 
 
-def case_dkdpp(epoch):
+def case_dkdpp(epoch, raw: dict | None = None, official_epoch: int | None = None):
     z, f, t, y, tb = nd_inputs()
-    _, terms = build("dkd++").forward_train(lambda _x: (z, f), None, y, tb, epoch)
-    return terms, off.dkdpp_official(z, t, f, tb.feature_norms, tb.class_means, y, epoch), [z, f]
+    _, terms = build("dkd++", raw).forward_train(lambda _x: (z, f), None, y, tb, epoch)
+    e = epoch if official_epoch is None else official_epoch
+    return terms, off.dkdpp_official(z, t, f, tb.feature_norms, tb.class_means, y, e), [z, f]
 
 
 def sparse_inputs(k=3):
@@ -177,8 +181,36 @@ def case_pld():
 
 
 def case_zloss_with_kdflow_eps():
+    """No official code: the default is the paper's formula with kdflow's named guard `std_eps`
+    1e-7 on the std; `std_eps: 0` is the paper's exactly (next case)."""
     terms, z, t, y = one_head("zloss")
     return terms, {"zloss": off.zloss_paper(z, y, 1.0, 5.0, std_eps=1e-7)}, [z]
+
+
+def case_zloss_paper():
+    z, y = rand(N, C, seed=1, grad=True), labels(3)
+    _, terms = build("zloss", {"std_eps": 0.0}).forward_train(lambda _x: (z, None), None, y, None, 30)
+    return terms, {"zloss": off.zloss_paper(z, y, 1.0, 5.0, std_eps=0.0)}, [z]
+
+
+def mtard_case(raw: dict):
+    z = rand(N, C, seed=1, grad=True)
+    teachers = torch.stack([rand(N, C, seed=2, scale=4.0), rand(N, C, seed=9, scale=1.5)])
+    y = labels(3)
+    settings = {"teachers": ["teacher", "other"], **raw}
+    _, terms = build("multi_teacher_kd", settings).forward_train(lambda _x: (z, None), None, y, teachers, 30)
+    taus = entropy_balanced_temperatures(teachers, 1.0, 10.0)
+    return terms, z, teachers, y, taus
+
+
+def case_mtard_weights():
+    """MTARD at its weights (no CE, the KL alone) and kdflow's temperatures (the fixed point of
+    MTARD's steps, documented): the default reduction and eps are MTARD's. (Also documented and
+    not equal by design: MTARD's temperatures step by +-0.001 from 1 per batch, lines 128-134,
+    where kdflow solves their fixed point; the loss weights are stateful, lines 137-166; CE is
+    kdflow's.)"""
+    terms, z, teachers, y, taus = mtard_case({"ce_weight": 0.0, "kd_weight": 1.0})
+    return terms, {"ce": 0.0 * off.hard_ce(z, y), "kd": off.mtard_kd(z, teachers, taus)}, [z]
 
 
 def case_bdkd():
@@ -201,11 +233,18 @@ CASES = {
     "ce+binarykl": case_ce_binarykl,
     "ce+binarykl_norm": case_ce_binarykl_norm,
     "dhkd_kd": case_dhkd_kd,
+    "kd++@epoch0": lambda: case_kdpp(0),
+    "kd++@epoch9": lambda: case_kdpp(9),
     "kd++@epoch30": lambda: case_kdpp(30),
+    "dkd++@epoch0": lambda: case_dkdpp(0),
+    "dkd++@epoch9": lambda: case_dkdpp(9),
     "dkd++@epoch30": lambda: case_dkdpp(30),
+    "uskd": case_uskd,
+    "multi_teacher_kd[ce_weight=0,kd_weight=1]": lambda: case_mtard_weights(),
     "sparse_kd[ce_weight=0,kd_weight=1]": case_sparse_kd_tinyvit_weights,
     "pld(paper)": case_pld,
     "zloss(paper+1e-7)": case_zloss_with_kdflow_eps,
+    "zloss[std_eps=0](paper)": lambda: case_zloss_paper(),
     "bdkd(documented)": case_bdkd,
 }
 
@@ -237,89 +276,88 @@ def test_binarykl_clamp_is_inactive_on_the_test_inputs():
 
 
 # --------------------------------------------------------------------------------------- #
-# differences that are not a setting: the lead decides
+# the named kdflow variants reproduce kdflow's earlier behaviour
 # --------------------------------------------------------------------------------------- #
-@pytest.mark.xfail(strict=True, reason=(
-    "kd++ / dkd++ warmup: the ND code ramps the logit term by min(1, epoch / 20) with epoch counted "
-    "from 0 (train_cifar_kd.py:52,170; train_cifar_dkd.py:52,170: 0 at the first epoch); kdflow's "
-    "warmup_ramp is (epoch + 1) / 20 from 0 (mdistiller's convention): one epoch ahead during the "
-    "warmup, no setting selects the ND offset (documented in docs/methods.md)"))
-@pytest.mark.parametrize("name,epoch", [("kd++", 0), ("kd++", 9), ("dkd++", 0), ("dkd++", 9)])
-def test_nd_warmup_offset_is_not_a_setting(name, epoch):
-    got, ref, leaves = (case_kdpp if name == "kd++" else case_dkdpp)(epoch)
+@pytest.mark.parametrize("name,epoch", [("kd++", 0), ("kd++", 9), ("kd++", 19), ("dkd++", 0), ("dkd++", 9), ("dkd++", 19)])
+def test_nd_warmup_one_epoch_ahead_is_the_nd_code_one_epoch_later(name, epoch):
+    """`warmup_start: one_epoch_ahead` (kdflow's ramp before the setting, mdistiller's
+    `(epoch + 1) / 20`) at epoch e is the ND code at epoch e + 1: every term and gradient."""
+    case = case_kdpp if name == "kd++" else case_dkdpp
+    got, ref, leaves = case(epoch, {"warmup_start": "one_epoch_ahead"}, official_epoch=epoch + 1)
     assert_terms_equal(got, ref, leaves)
 
 
-def test_uskd_terms_other_than_the_ranking_equal_the_official_code():
-    got, ref, leaves = case_uskd()
-    assert_terms_equal(got, ref, leaves, only=("ce", "uskd_target", "uskd_weak"))
+@pytest.mark.parametrize("name", ["kd++", "dkd++"])
+def test_nd_warmup_start_changes_the_ramp_only_during_the_warmup(name):
+    case, term = (case_kdpp, "kd") if name == "kd++" else (case_dkdpp, "dkd")
+    first, _, _ = case(0)
+    assert first[term].item() == 0.0  # the ND code's: no logit term in the first epoch
+    ahead, _, _ = case(0, {"warmup_start": "one_epoch_ahead"})
+    full, _, _ = case(30)
+    assert full[term].item() != 0.0
+    torch.testing.assert_close(ahead[term], full[term] / 20, rtol=RTOL, atol=ATOL)
+    late, _, _ = case(25, {"warmup_start": "one_epoch_ahead"})
+    torch.testing.assert_close(late[term], full[term], rtol=RTOL, atol=ATOL)
 
 
-def test_uskd_non_target_term_equals_the_official_arithmetic_with_the_specifications_ranking_key():
-    """With the ranking key read as probabilities (the specification), the Zipf term equals the
-    official arithmetic (its 1e-6 does not change the order here): the only difference is the key."""
-    z, w, y = rand(N, C, seed=1, grad=True), rand(N, C, seed=5, grad=True), labels(3)
-    _, terms = build("uskd").forward_train(lambda _x: (z, w, None), None, y, None, 30)
-    ref = off.uskd_official(z, w, y, rank_key="probabilities")
-    assert_terms_equal(terms, ref, [z, w])
+def test_uskd_paper_rank_is_the_official_arithmetic_with_the_specifications_ranking_key():
+    """`nontarget_rank: paper` (kdflow's key before the setting): the Zipf term equals the
+    official arithmetic with the key read as probabilities (its 1e-6 does not change the order
+    here), the other terms equal the code's; and on these inputs the two keys give different
+    Zipf terms, so the setting is not idle."""
+    got, ref, leaves = case_uskd({"nontarget_rank": "paper"}, rank_key="probabilities")
+    assert_terms_equal(got, ref, leaves)
+    default, official, _ = case_uskd()
+    assert not torch.allclose(got["uskd_non_target"], official["uskd_non_target"], rtol=1e-6, atol=0)
+    for name in ("ce", "uskd_target", "uskd_weak"):
+        torch.testing.assert_close(got[name], default[name], rtol=0, atol=0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "uskd_non_target: cls_KD's USKDLoss ranks by w_i/(1 - w_y + 1e-6) + log s_i/(1 - log s_y + 1e-6) "
-    "(uskd.py:53-54,73: s_i and s_t were overwritten by the log-probabilities); kdflow ranks by the "
-    "probabilities s_i/(1 - s_y), as the specification writes. Documented in docs/methods.md "
-    "('Decision where the specification and the code differ') but not a setting"))
-def test_uskd_non_target_term_with_the_official_ranking_key():
-    got, ref, leaves = case_uskd()
-    assert_terms_equal(got, ref, leaves, only=("uskd_non_target",))
-
-
-def mtard_case(raw: dict):
-    z = rand(N, C, seed=1, grad=True)
-    teachers = torch.stack([rand(N, C, seed=2, scale=4.0), rand(N, C, seed=9, scale=1.5)])
-    y = labels(3)
-    settings = {"teachers": ["teacher", "other"], **raw}
-    _, terms = build("multi_teacher_kd", settings).forward_train(lambda _x: (z, None), None, y, teachers, 30)
-    taus = entropy_balanced_temperatures(teachers, 1.0, 10.0)
-    return terms, z, teachers, y, taus
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "multi_teacher_kd: MTARD's kl_loss is torch.mean over batch AND classes of "
-    "p_t log(p_t + 1e-5) - p_t log p_s (resnet18_mtard_cifar10.py:56-58,125-126): 1/C of kdflow's "
-    "per-row KL sum, and the 1e-5 inside the log; not a setting (found here, noted in docs/methods.md "
-    "pending a decision). (Also documented "
-    "and not a setting: MTARD's temperatures step by +-0.001 from 1 per batch, lines 128-134, where "
-    "kdflow solves their fixed point; the loss weights are stateful, lines 137-166; CE is kdflow's.)"))
-def test_multi_teacher_kd_equals_mtard_at_its_weights_and_kdflows_temperatures():
-    terms, z, teachers, y, taus = mtard_case({"ce_weight": 0.0, "kd_weight": 1.0})
-    ref = {"ce": 0.0 * off.hard_ce(z, y), "kd": off.mtard_kd(z, teachers, taus)}
-    assert_terms_equal(terms, ref, [z])
-
-
-def test_multi_teacher_kd_is_c_times_mtards_reduction_without_its_eps():
-    """What the difference above is: kdflow's kd term equals C x MTARD's element mean with the 1e-5
-    dropped (equal teacher weights 1/K, the temperatures given), values and gradients."""
-    terms, z, teachers, y, taus = mtard_case({"ce_weight": 0.0, "kd_weight": 1.0})
+def test_multi_teacher_kd_batchmean_without_eps_is_c_times_mtards_reduction_without_its_eps():
+    """`kd_reduction: batchmean, target_log_eps: 0` (kdflow's term before the settings) equals C x
+    MTARD's element mean with the 1e-5 dropped (equal teacher weights 1/K, the temperatures
+    given), values and gradients."""
+    old = {"kd_reduction": "batchmean", "target_log_eps": 0.0}
+    terms, z, teachers, y, taus = mtard_case({"ce_weight": 0.0, "kd_weight": 1.0, **old})
     log_ps = off._log_softmax(z)
     no_eps = sum(
         0.5 * (teachers[i].div(float(taus[i])).softmax(1) * (teachers[i].div(float(taus[i])).log_softmax(1) - log_ps)).mean()
         for i in range(2)
     )
     assert_terms_equal(terms, {"ce": 0.0 * off.hard_ce(z, y), "kd": C * no_eps}, [z])
-    # and the default is exactly ce_weight 0.1 CE + kd_weight 0.9 of that term
-    d_terms, *_ = mtard_case({})
+    # and the weights: ce_weight 0.1 CE + kd_weight 0.9 of that term
+    d_terms, *_ = mtard_case(old)
     torch.testing.assert_close(d_terms["kd"], 0.9 * terms["kd"], rtol=RTOL, atol=ATOL)
     torch.testing.assert_close(d_terms["ce"], 0.1 * off.hard_ce(z, y), rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "zloss: kdflow adds 1e-7 to the population std (kdlib/losses/zloss.py, as LS does); the paper's "
-    "z-score has no eps (relative difference ~1e-7 / std); not a setting (now noted on "
-    "docs/methods.md's zloss line, pending a decision). No official code was found."))
-def test_zloss_equals_the_papers_formula_without_eps():
-    terms, z, t, y = one_head("zloss")
-    assert_terms_equal(terms, {"zloss": off.zloss_paper(z, y, 1.0, 5.0, std_eps=0.0)}, [z])
+def test_multi_teacher_kd_default_is_mtards_reduction_under_kds_weights():
+    """The default: ce_weight 0.1 CE + kd_weight 0.9 of MTARD's kl term (its reduction and eps);
+    the eps moves the value only, not the gradient; batchmean alone is C times the mean."""
+    terms, z, teachers, y, taus = mtard_case({})
+    ref = {"ce": 0.1 * off.hard_ce(z, y), "kd": 0.9 * off.mtard_kd(z, teachers, taus)}
+    assert_terms_equal(terms, ref, [z])
+    no_eps, z_no_eps, *_ = mtard_case({"target_log_eps": 0.0})
+    assert not torch.allclose(no_eps["kd"], terms["kd"], rtol=1e-9, atol=0)
+    (g_eps,), (g_no,) = grads(terms["kd"], [z]), grads(no_eps["kd"], [z_no_eps])
+    assert g_eps.abs().sum() > 0
+    torch.testing.assert_close(g_eps, g_no, rtol=1e-9, atol=ATOL)
+    summed, *_ = mtard_case({"kd_reduction": "batchmean"})
+    torch.testing.assert_close(summed["kd"], C * terms["kd"], rtol=RTOL, atol=ATOL)
+
+
+def test_zloss_std_eps_default_is_kdflows_guard():
+    """`std_eps` 1e-7 (default, kdflow's) differs from the paper's 0 by ~1e-7 / std relative on
+    these rows; at a constant row the paper's 0 / 0 is NaN, the guard gives z = 0."""
+    d, _, _ = case_zloss_with_kdflow_eps()
+    p, _, _ = case_zloss_paper()
+    torch.testing.assert_close(d["zloss"], p["zloss"], rtol=1e-6, atol=0)
+    assert d["zloss"].item() != p["zloss"].item()
+    flat = torch.zeros(2, C, dtype=DT)
+    y = torch.tensor([0, 1])
+    _, guarded = build("zloss").forward_train(lambda _x: (flat, None), None, y, None, 0)
+    _, paper = build("zloss", {"std_eps": 0.0}).forward_train(lambda _x: (flat, None), None, y, None, 0)
+    assert torch.isfinite(guarded["zloss"]) and torch.isnan(paper["zloss"])
 
 
 # --------------------------------------------------------------------------------------- #

@@ -39,7 +39,7 @@ ONE_HEAD = {
     "dist": ({"ce_weight": 1.0, "beta": 2.0, "gamma": 2.0, "temperature": 4.0}, {"ce", "dist"}, True),
     "pld": ({"temperature": 4.0}, {"pld"}, True),
     "nkd": ({"ce_weight": 1.0, "temperature": 3.0, "gamma": 3.5}, {"ce", "nkd"}, True),
-    "zloss": ({"a": 1.0, "b": 5.0}, {"zloss"}, False),
+    "zloss": ({"a": 1.0, "b": 5.0, "std_eps": 1e-7}, {"zloss"}, False),
     "ldr": ({"lam": 10.0, "delta": 0.1}, {"ldr"}, False),
     "sinkd": (
         {"alpha": 0.8, "temperature": 2.0, "kd_form": "soft_ce", "beta": 0.001, "sinkhorn_temperature": 2.0,

@@ -14,8 +14,10 @@ from kdlib.methods.base import (
 
 
 DEFAULTS = {
-    "kd++": {"temperature": 4.0, "ce_weight": 1.0, "kd_weight": 3.5, "nd_weight": 2.0, "warmup_epochs": 20},
-    "dkd++": {"ce_weight": 1.0, "alpha": 2.0, "beta": 8.0, "temperature": 4.0, "warmup_epochs": 20, "nd_weight": 0.5},
+    "kd++": {"temperature": 4.0, "ce_weight": 1.0, "kd_weight": 3.5, "nd_weight": 2.0, "warmup_epochs": 20,
+             "warmup_start": "official"},
+    "dkd++": {"ce_weight": 1.0, "alpha": 2.0, "beta": 8.0, "temperature": 4.0, "warmup_epochs": 20, "nd_weight": 0.5,
+              "warmup_start": "official"},
     "sparse_kd": {"ce_weight": 0.1, "kd_weight": 0.9},
 }
 
@@ -31,7 +33,7 @@ def test_defaults_are_the_nd_repos_and_tinyvits():
 
 def test_defaults_and_flags():
     assert validate_method_entry("uskd", None).model_dump(exclude={"method"}) == {
-        "ce_weight": 1.0, "alpha": 0.1, "beta": 0.1, "mu": 0.1,
+        "ce_weight": 1.0, "alpha": 0.1, "beta": 0.1, "mu": 0.1, "nontarget_rank": "official",
     }
     assert validate_method_entry("bdkd", None).model_dump(exclude={"method"}) == {
         "ce_weight": 1.0, "kd_weight": 1.0, "teacher_ce_weight": 1.0, "teacher_kd_weight": 1.0, "temperature": 4.0,
