@@ -151,6 +151,11 @@ class DataConfig(Strict):
         any data is read: what validation probes each arch with (the source says)."""
         return _source(self.source).input_shape(self)
 
+    @property
+    def kind(self) -> str:
+        """"images" or "tokens": what this source yields (`Source.kind`)."""
+        return str(_source(self.source).kind)
+
     def takes_image_size(self) -> bool:
         """Whether `image_size` sets the size of this source's images."""
         return bool(_source(self.source).takes_image_size)
@@ -167,8 +172,12 @@ class AugmentConfig(Strict):
 class ScheduleConfig(Strict):
     epochs: int = Field(ge=1)
     batch_size: int = Field(64, ge=1)
+    optimizer: Literal["sgd", "adamw"] = Field(
+        "sgd", description="sgd: SGD with `momentum` (the CIFAR KD recipes); adamw: AdamW with betas (0.9, 0.95), "
+        "decoupled `weight_decay` (nanoGPT's, for token archs)",
+    )
     lr: float = Field(0.1, gt=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
     weight_decay: float = Field(5e-4, ge=0.0)
     scheduler: Literal["cosine", "multistep"] = "cosine"
     milestones: list[int] = Field(default_factory=list, description="multistep only: epochs")
@@ -442,8 +451,33 @@ class StudyConfig(Strict):
                 raise ValueError(f"students.methods: {name!r} trains from the sparse top-K logit cache; set logits.topk (e.g. 10)")
         self._check_teachers()
         self._check_classes()
+        self._check_kind()
         self._check_shapes()
         return self
+
+    def _check_kind(self) -> None:
+        """Token data trains token archs and image data image archs; on tokens, a method must
+        run per position from the token cache (no teacher features, no image stage)."""
+        from kdlib.models import TOKEN_ARCHS
+
+        tokens = self.data.kind == "tokens"
+        archs = [("teacher.arch", self.teacher.arch), ("students.arch", self.students.arch)]
+        archs += [(f"teachers.{name}.arch", t.arch) for name, t in self.teachers.items()]
+        for field, arch in archs:
+            if (arch in TOKEN_ARCHS) != tokens:
+                reads = "token ids" if arch in TOKEN_ARCHS else "images"
+                allowed = sorted(TOKEN_ARCHS) if tokens else "an image arch"
+                raise ValueError(f"{field}: {arch} reads {reads}; data.source {self.data.source!r} yields {self.data.kind} "
+                                 f"(pick {', '.join(allowed) if tokens else allowed})")
+        if not tokens:
+            return
+        for name in self.students.methods:
+            method = _method_class(self.method_settings(name).method)
+            features = sorted(set(method.cached) - {"logits", "topk_probs", "topk_indices"}) if method.needs_teacher else []
+            if features or method.image_only:
+                why = f"reads the teacher's {', '.join(features)}, which the token cache does not hold" if features else \
+                    "needs an image model's intermediate stage"
+                raise ValueError(f"students.methods: {name!r} cannot train on tokens: it {why}")
 
     def teacher_names(self) -> list[str]:
         """Every teacher the study trains and caches: `teacher`, then the extra and fine-tuned ones."""

@@ -24,8 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from kdlib.config import AugmentConfig
-from kdlib.data.augment import augment
-from kdlib.data.dataset import Dataset, to_float
+from kdlib.data.dataset import AnyDataset
 from kdlib.metrics import agreement, kl_to_teacher
 from kdlib.objective import Objective
 from kdlib.train import predict
@@ -242,7 +241,7 @@ class Probe:
     def __init__(
         self,
         method: Objective,
-        ds: Dataset,
+        ds: AnyDataset,
         augment_config: AugmentConfig,
         epochs: int,
         teacher_views: Callable[[int, Tensor], Tensor] | None = None,
@@ -257,15 +256,17 @@ class Probe:
         self.indices = torch.randperm(len(ds.x_train), generator=generator)[: min(probe_size, len(ds.x_train))].sort().values
 
     def nc_due(self, epoch: int) -> bool:
+        if self.ds.kind == "tokens":
+            # NC is defined over a model's classes seen as balanced training populations; a
+            # vocabulary's sub-word tokens are neither, and (C, C) statistics at C = V do not fit
+            return False
         last = epoch + 1 == self.epochs
         return last or (self.nc_every > 0 and (epoch + 1) % self.nc_every == 0)
 
     def conflict(self, model: nn.Module, epoch: int) -> dict[str, float]:
         device = next(model.parameters()).device
-        x_raw = self.ds.x_train[self.indices].to(device)
-        a = self.augment_config
-        x = to_float(augment(x_raw, a.seed, epoch, self.indices, a.padding, a.flip), self.ds.mean, self.ds.std)
-        target = self.ds.y_train[self.indices].to(device)
+        x = self.ds.train_inputs(self.ds.x_train[self.indices].to(device), self.augment_config, epoch, self.indices)
+        target = self.ds.rows(self.ds.y_train[self.indices]).to(device)
         teacher = self.teacher_views(epoch, self.indices).to(device) if self.method.needs_teacher else None
         buffers = [b.detach().clone() for b in model.buffers()]
         with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):

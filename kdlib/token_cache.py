@@ -20,9 +20,13 @@ import torch
 from torch import Tensor, nn
 
 from kdlib import artifacts
+from kdlib.logit_cache import TeacherBatch
 from kdlib.losses.tokens import topk_restricted_log_probs
 
-TOKENS = "tokens.pt"
+TOKENS, TEST_TOKENS = "tokens.pt", "tokens_test.pt"
+"""The training windows' cache (what students read) and the test windows' (what evaluation compares with)."""
+DEFAULT_TOPK = 32
+"""K when a token study leaves `logits.topk` unset: 132 bytes per token at V <= 65,536."""
 FIELDS = ("topk_logits", "topk_indices", "log_normalizer")
 
 
@@ -49,8 +53,9 @@ def write_token_cache(
     out_dir: Path,
     batch_size: int = 64,
     log: Callable[[str], None] = print,
+    file: str = TOKENS,
 ) -> dict[str, Any]:
-    """Run `teacher` (eval mode, no grad) once over `windows` (N, T) and write `out_dir/tokens.pt`
+    """Run `teacher` (eval mode, no grad) once over `windows` (N, T) and write `out_dir/<file>`
     atomically: per position the top-K logits (fp16), their ids and the log-normaliser (fp32).
 
     Returns the manifest metadata (the step writes the manifest with it): shapes, dtypes,
@@ -92,7 +97,7 @@ def write_token_cache(
         if (i + 1) % every == 0 or i + 1 == len(starts):
             log(f"cache_tokens: {end}/{n} windows ({end * t} tokens), batch {i + 1}/{len(starts)}")
     out_dir = Path(out_dir)
-    artifacts.save_tensors(out_dir / TOKENS, {**stored, "vocab": vocab})
+    artifacts.save_tensors(out_dir / file, {**stored, "vocab": vocab})
     tokens = n * t
     meta = {
         "vocab": vocab,
@@ -102,7 +107,7 @@ def write_token_cache(
         "dtypes": {name: str(x.dtype).removeprefix("torch.") for name, x in stored.items()},
         "shapes": {name: list(x.shape) for name, x in stored.items()},
         "bytes_per_token": sum(x.nbytes for x in stored.values()) / tokens,
-        "file_bytes_per_token": (out_dir / TOKENS).stat().st_size / tokens,
+        "file_bytes_per_token": (out_dir / file).stat().st_size / tokens,
         "dense_bytes_per_token": vocab * 2,
     }
     log(
@@ -119,9 +124,9 @@ class TokenCache:
     damage (hash, truncation, wrong shapes or dtypes) is a ValueError naming the file.
     """
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, file: str = TOKENS) -> None:
         self.dir = Path(out_dir)
-        self.path = self.dir / TOKENS
+        self.path = self.dir / file
         if (self.dir / artifacts.MANIFEST).is_file():
             artifacts.read_manifest(self.dir, verify=True)
         if not self.path.is_file():
@@ -187,3 +192,20 @@ class TokenCache:
         """`fit`'s `teacher_views(epoch, indices)`: the restricted dense teacher. `epoch` is
         unused: token windows are not augmented, so every epoch sees the same teacher outputs."""
         return self.restricted_logits(indices)
+
+    def reader(self, fields: tuple[str, ...], augment_seed: int | None = None) -> Callable[[int, Tensor], Any]:
+        """The `teacher_views(epoch, indices)` a student trains from, as `LogitCache.reader`: the
+        restricted dense teacher for ("logits",); the top-K probabilities `exp(v - lse)` and ids
+        (a `TeacherBatch`) for the sparse-KD fields. Teacher features are not cached for tokens."""
+        if tuple(fields) == ("logits",):
+            return self.teacher_views
+        if set(fields) <= {"topk_probs", "topk_indices"}:
+            def sparse(epoch: int, indices: Tensor) -> TeacherBatch:
+                values, ids, lse = self.batch(indices)
+                out = {"topk_probs": (values - lse[:, None]).exp(), "topk_indices": ids}
+                return TeacherBatch(**{k: v for k, v in out.items() if k in fields})
+            return sparse
+        raise ValueError(
+            f"the token cache {self.dir} holds top-K logits and the log-normaliser per position; a method reading "
+            f"{list(fields)} (teacher features) cannot train on tokens"
+        )

@@ -20,8 +20,7 @@ from torch import Tensor, nn
 
 from kdlib import artifacts, distributed
 from kdlib.config import AugmentConfig, ScheduleConfig
-from kdlib.data.augment import augment
-from kdlib.data.dataset import Dataset, to_float
+from kdlib.data.dataset import AnyDataset
 from kdlib.metrics import topk_accuracy
 from kdlib.objective import Objective
 
@@ -91,16 +90,24 @@ def epoch_order(seed: int, epoch: int, n: int) -> Tensor:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: Tensor, ds: Dataset, batch_size: int = 1000, output: int = 0) -> Tensor:
+def predict(model: nn.Module, inputs: Tensor, ds: AnyDataset, batch_size: int = 1000, output: int = 0) -> Tensor:
     """Output `output` of the model (0: head 1's logits, -1: the penultimate feature) on
-    un-augmented uint8 images, in eval mode, as float32 on CPU."""
+    un-augmented samples of `ds` (uint8 images, or token windows: one row per position), in
+    eval mode, as float32 on CPU."""
     model.eval()
     device = next(model.parameters()).device
     out = []
-    for start in range(0, len(images), batch_size):
-        x = to_float(images[start : start + batch_size].to(device), ds.mean, ds.std)
-        out.append(model(x)[output].float().cpu())
+    with torch.no_grad():
+        for start in range(0, len(inputs), batch_size):
+            out.append(model(ds.eval_inputs(inputs[start : start + batch_size].to(device)))[output].float().cpu())
     return torch.cat(out)
+
+
+def make_optimizer(params: list[nn.Parameter], schedule: ScheduleConfig) -> torch.optim.Optimizer:
+    """`schedule.optimizer`: SGD with momentum, or AdamW (betas (0.9, 0.95), as nanoGPT trains GPTs)."""
+    if schedule.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=schedule.lr, betas=(0.9, 0.95), weight_decay=schedule.weight_decay)
+    return torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay)
 
 
 @dataclass
@@ -116,7 +123,7 @@ class FitResult:
 def fit(
     model: nn.Module,
     method: Objective,
-    ds: Dataset,
+    ds: AnyDataset,
     schedule: ScheduleConfig,
     seed: int,
     augment_config: AugmentConfig,
@@ -164,7 +171,7 @@ def fit(
     if not distributed.is_main():
         log, on_epoch = _silent, None
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay)
+    optimizer = make_optimizer(params, schedule)
     x_train, y_train = ds.x_train.to(device), ds.y_train.to(device)
     n = len(x_train)
     steps = max(n // schedule.batch_size, 1)
@@ -187,11 +194,10 @@ def fit(
         for step in range(steps):
             idx = distributed.shard(order[step * schedule.batch_size : (step + 1) * schedule.batch_size])
             idx_dev = idx.to(device)
-            views = augment(x_train[idx_dev], augment_config.seed, epoch, idx, augment_config.padding, augment_config.flip)
-            x = to_float(views, ds.mean, ds.std)
-            if speed.channels_last:
+            x = ds.train_inputs(x_train[idx_dev], augment_config, epoch, idx)
+            if speed.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            target = y_train[idx_dev]
+            target = ds.rows(y_train[idx_dev])
             teacher = teacher_views(epoch, idx).to(device) if method.needs_teacher else None
             lr = learning_rate(schedule, epoch, step, steps)
             for group in optimizer.param_groups:
@@ -209,18 +215,18 @@ def fit(
                 sums[k] = sums.get(k, 0.0) + v.item()
             sums["loss"] = sums.get("loss", 0.0) + loss.item()
             correct += (logits.argmax(1) == target).sum().item()
-            seen += len(idx)
+            seen += len(target)
         names = sorted(sums)
         *totals, correct, seen = distributed.all_sum([sums[k] for k in names] + [correct, seen], device)
         sums = {k: total / ranks for k, total in zip(names, totals)}
-        test_logits = predict(method.exported(model), ds.x_test, ds)
+        test_logits, test_target = predict(method.exported(model), ds.x_test, ds), ds.rows(ds.y_test)
         record = {f"loss/{k}" if k != "loss" else "loss": v / steps for k, v in sums.items()}
         record.update(
             epoch=epoch + 1,
             lr=lr,
             train_top1=100.0 * correct / seen,
-            test_top1=topk_accuracy(test_logits, ds.y_test, 1),
-            test_nll=torch.nn.functional.cross_entropy(test_logits, ds.y_test).item(),
+            test_top1=topk_accuracy(test_logits, test_target, 1),
+            test_nll=torch.nn.functional.cross_entropy(test_logits, test_target).item(),
         )
         timing = {"epoch": epoch + 1, "train_seconds": time.perf_counter() - started}
         if diagnose is not None:

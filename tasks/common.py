@@ -156,6 +156,15 @@ def dvc_dir(step: str, method: str | None = None, seed: int | None = None, teach
     return path / method / f"seed{seed}" if method is not None else path
 
 
+def model_shape(data: Manifest) -> tuple[int, int]:
+    """(in_channels, image_size) to build a model for prepare_data's output: the images' channels
+    and size; for token windows 1 and the context length (a token arch's `image_size`)."""
+    meta = data["meta"]
+    if meta.get("kind") == "tokens":
+        return 1, meta["context"]
+    return meta["shape"][0], meta["shape"][-1]
+
+
 def dvc_input(step: str, method: str | None = None, seed: int | None = None, teacher: str = MAIN_TEACHER) -> Manifest:
     """The verified manifest of an upstream DVC output; a missing, truncated or altered one
     stops the stage (exit 2) instead of being used.

@@ -12,14 +12,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 
 from kdlib import artifacts
 from kdlib.config import MAIN_TEACHER, StudyConfig
 from kdlib.data.dataset import load_dataset
 from kdlib.logit_cache import LogitCache
 from kdlib.diagnostics import teacher_fidelity
-from kdlib.metrics import evaluate_logits, reliability_diagram
-from kdlib.train import predict
+from kdlib.evaluation import evaluate_model
+from kdlib.metrics import agreement, kl_to_teacher, reliability_diagram
+from kdlib.token_cache import TEST_TOKENS, TokenCache
 from tasks import common, tracking
 from tasks.train_student import HISTORY, load_student, student_teachers
 
@@ -58,12 +60,18 @@ def run(
         print(f"evaluate {s['method']} seed {s['seed']}: the student failed ({s['failed']})")
     else:
         ds = load_dataset(Path(data["dir"]) / "dataset.pt")
-        teacher_test = LogitCache(Path(logits["dir"])).test
         model = load_student(cfg, data, student)
-        test_logits = predict(model, ds.x_test, ds)
-        last = evaluate_logits(test_logits, ds.y_test, None, cfg.evaluation.ece_bins)
-        last.update(teacher_fidelity(test_logits, teacher_test, ds.y_test))
-        diagram = reliability_diagram(test_logits, ds.y_test, cfg.evaluation.ece_bins)
+        last, test_logits = evaluate_model(model, ds, cfg.evaluation.ece_bins)
+        target = ds.rows(ds.y_test)
+        if ds.kind == "tokens":
+            # the cache holds the teacher's top-K per position: agreement is exact (its top-1 is
+            # in the top-K), the KL is to the teacher restricted to its top-K (kdlib.losses.tokens)
+            test_cache = TokenCache(Path(logits["dir"]), TEST_TOKENS)
+            teacher_test = test_cache.restricted_logits(torch.arange(test_cache.windows))
+            last.update(agreement=agreement(test_logits, teacher_test), kl_to_teacher=kl_to_teacher(test_logits, teacher_test))
+        else:
+            last.update(teacher_fidelity(test_logits, LogitCache(Path(logits["dir"])).test, target))
+        diagram = reliability_diagram(test_logits, target, cfg.evaluation.ece_bins)
         artifacts.write_json(Path(out_dir) / RELIABILITY, diagram)
         history = json.loads((Path(student["dir"]) / HISTORY).read_text())
         metrics = {
@@ -75,7 +83,8 @@ def run(
             "last_epoch": len(history),
             **{k: v for k, v in history[-1].items() if k.startswith("nc/")},
         }
-        print(f"evaluate {s['method']} seed {s['seed']}: top-1 {last['top1']:.2f} (best {s['best_top1']:.2f} at epoch {s['best_epoch']})")
+        ppl = f", validation perplexity {last['val_ppl']:.2f}" if "val_ppl" in last else ""
+        print(f"evaluate {s['method']} seed {s['seed']}: top-1 {last['top1']:.2f} (best {s['best_top1']:.2f} at epoch {s['best_epoch']}){ppl}")
     artifacts.write_json(Path(out_dir) / METRICS, metrics)
     meta = {"metrics": metrics, "student_key": student["key"], "student_dir": student["dir"]}
     manifest = artifacts.write_manifest(out_dir, STEP, key(cfg, data, logits, student), meta)

@@ -20,12 +20,14 @@ from kdlib.config import StudyConfig
 from kdlib.data.dataset import load_dataset
 from kdlib.diagnostics import Probe
 from kdlib.logit_cache import LogitCache
+from kdlib.token_cache import TokenCache
 from kdlib.methods.base import build_method, method_class
 from kdlib.metrics import topk_accuracy
 from kdlib.models import build_model
 from kdlib.models.init import initial_model, start_near
 from kdlib.train import NonFiniteLossError, Speed, fit, predict, resolve_device
 from tasks import common, tracking
+from tasks.cache_logits import open_cache
 
 STEP = "train_student"
 MODEL, HISTORY, FAILURE = "model.pt", "history.json", "failure.json"
@@ -87,7 +89,7 @@ def key(cfg: StudyConfig, method: str, seed: int, data: common.Manifest, logits:
     return common.cache_key(STEP, config_slice(cfg, method, seed), inputs, code_roots(cfg, method))
 
 
-def teacher_views(caches: list[LogitCache], fields: tuple[str, ...], augment_seed: int) -> Any:
+def teacher_views(caches: list[LogitCache | TokenCache], fields: tuple[str, ...], augment_seed: int) -> Any:
     """`fit`'s teacher views: one cache's reader, or the stacked (K, B, C) logits of several."""
     readers = [cache.reader(fields, augment_seed) for cache in caches]
     if len(readers) == 1:
@@ -98,7 +100,7 @@ def teacher_views(caches: list[LogitCache], fields: tuple[str, ...], augment_see
 def load_student(cfg: StudyConfig, data: common.Manifest, student: common.Manifest) -> torch.nn.Module:
     """The exported student (head 1 only), in eval mode, on CPU."""
     meta = data["meta"]
-    model = build_model(cfg.students.arch, meta["num_classes"], meta["shape"][0], meta["shape"][-1])
+    model = build_model(cfg.students.arch, meta["num_classes"], *common.model_shape(data))
     model.load_state_dict(artifacts.load_tensors(Path(student["dir"]) / MODEL))
     return model.eval()
 
@@ -116,7 +118,7 @@ def run(
     k = key(cfg, method, seed, data, logits)
     checkpoint = common.checkpoint_path(cfg, STEP, k)
     ds = load_dataset(Path(data["dir"]) / "dataset.pt")
-    caches = [LogitCache(Path(m["dir"])) for m in cache_list(logits)] if spec.needs_teacher else []
+    caches = [open_cache(m) for m in cache_list(logits)] if spec.needs_teacher else []
     cache = caches[0] if caches else None
     torch.manual_seed(seed)
     student = build_model(cfg.students.arch, ds.num_classes, ds.num_channels, ds.image_size)
@@ -174,7 +176,7 @@ def run(
             common.print_training_time(f"train_student {method} seed {seed}", result.timings)
             if spec.online_teacher:
                 # the online teacher is not exported; its final test top-1 is kept beside the student's
-                top1 = topk_accuracy(predict(model.teacher, ds.x_test, ds), ds.y_test, 1)
+                top1 = topk_accuracy(predict(model.teacher, ds.x_test, ds), ds.rows(ds.y_test), 1)
                 result.history[-1]["online_teacher_test_top1"] = top1
                 meta["online_teacher_top1"] = top1
             artifacts.save_tensors(Path(out_dir) / MODEL, spec.exported(model).cpu().state_dict())

@@ -22,12 +22,12 @@ import torch
 from kdlib import artifacts
 from kdlib.config import MAIN_TEACHER, StudyConfig, TeacherConfig
 from kdlib.data.dataset import Dataset, load_dataset
-from kdlib.metrics import evaluate_logits
+from kdlib.evaluation import evaluate_model
 from kdlib.models import build_model
 from kdlib.models.checkpoint import CheckpointError, load_checkpoint_model
 from kdlib.models.init import initial_model
 from kdlib.objective import CrossEntropy
-from kdlib.train import FitResult, Speed, fit, predict, resolve_device
+from kdlib.train import FitResult, Speed, fit, resolve_device
 from tasks import common, tracking
 
 STEP = "train_teacher"
@@ -67,7 +67,7 @@ def made(manifest: common.Manifest) -> str:
 def load_teacher(cfg: StudyConfig, data: common.Manifest, teacher: common.Manifest) -> torch.nn.Module:
     """A teacher (trained, loaded, untrained or fine-tuned), in eval mode, on CPU; its arch is in its manifest."""
     meta = data["meta"]
-    model = build_model(teacher["meta"]["arch"], meta["num_classes"], meta["shape"][0], meta["shape"][-1])
+    model = build_model(teacher["meta"]["arch"], meta["num_classes"], *common.model_shape(data))
     model.load_state_dict(artifacts.load_tensors(Path(teacher["dir"]) / MODEL))
     return model.eval()
 
@@ -123,7 +123,7 @@ def write_teacher(
     teacher not trained here, with an empty history, best epoch 0 and its test top-1 as best.
     `live`: its MLflow run, which gets the test metrics as `final/*` and the small files."""
     model.cpu()
-    metrics = evaluate_logits(predict(model, ds.x_test, ds), ds.y_test, ece_bins=cfg.evaluation.ece_bins)
+    metrics = evaluate_model(model, ds, cfg.evaluation.ece_bins)[0]
     if result is None:
         result = FitResult(history=[], best_epoch=0, best_top1=metrics["top1"], timings=[])
     artifacts.save_tensors(Path(out_dir) / MODEL, model.state_dict())

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
 
 from kdlib import artifacts
+from kdlib.data.augment import augment
 from kdlib.data import tokens
 from kdlib.data.tokens import TokenDataset
 
@@ -43,6 +44,8 @@ class Dataset:
     std: tuple[float, ...]
     name: str
 
+    kind: ClassVar[str] = "images"
+
     @property
     def num_channels(self) -> int:
         return int(self.x_train.shape[1])
@@ -54,6 +57,21 @@ class Dataset:
     @property
     def num_superclasses(self) -> int:
         return int(self.coarse_of_class.max().item()) + 1 if self.coarse_of_class.numel() else 0
+
+    def train_inputs(self, x: Tensor, augment_config: Any, epoch: int, indices: Tensor) -> Tensor:
+        """The model's input for training images `x` (samples `indices`): their replayed view in
+        `epoch` (`kdlib.data.augment`, a pure function of the seed, epoch and index), normalised."""
+        a = augment_config
+        return to_float(augment(x, a.seed, epoch, indices, a.padding, a.flip), self.mean, self.std)
+
+    def eval_inputs(self, x: Tensor) -> Tensor:
+        """The model's input for evaluation images `x`: un-augmented, normalised."""
+        return to_float(x, self.mean, self.std)
+
+    @staticmethod
+    def rows(y: Tensor) -> Tensor:
+        """The labels as the rows the logits are: one per image, unchanged."""
+        return y
 
     def validate(self) -> None:
         """Raise ``ValueError`` if fields are inconsistent (used after loading)."""
@@ -117,7 +135,11 @@ written byte for byte as before token data sets existed); a file without one is 
 Kind = Literal["images", "tokens"]
 
 
-def save_dataset(ds: Dataset | TokenDataset, path: Path) -> None:
+AnyDataset = Dataset | TokenDataset
+"""What a step trains and evaluates on: images, or token windows (`kdlib.data.tokens`)."""
+
+
+def save_dataset(ds: AnyDataset, path: Path) -> None:
     """Write ``ds`` with ``torch.save`` atomically (temp file + rename, see kdlib.artifacts).
 
     Only tensors and plain values are stored, so ``load_dataset`` can use
@@ -140,7 +162,7 @@ def save_dataset(ds: Dataset | TokenDataset, path: Path) -> None:
     artifacts.save_tensors(path, payload)
 
 
-def load_dataset(path: Path, kind: Kind | None = None) -> Dataset | TokenDataset:
+def load_dataset(path: Path, kind: Kind | None = None) -> AnyDataset:
     """Read a file written by ``save_dataset`` (``weights_only=True``, validated): a
     ``Dataset`` or a ``TokenDataset``, as its ``kind`` says; ``kind`` given, the file must
     be of that kind.

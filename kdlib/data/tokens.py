@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -66,10 +66,35 @@ class TokenDataset:
     name: str
     tokenizer_json: str
 
+    kind: ClassVar[str] = "tokens"
+
     @property
     def context(self) -> int:
         """T: the positions of one window."""
         return int(self.x_train.shape[1])
+
+    @property
+    def num_channels(self) -> int:
+        """1: the registry's `in_channels` slot, unused by token archs."""
+        return 1
+
+    @property
+    def image_size(self) -> int:
+        """The context length: what the registry's `image_size` slot means for a token arch."""
+        return self.context
+
+    def train_inputs(self, x: Tensor, augment_config: Any, epoch: int, indices: Tensor) -> Tensor:
+        """The model's input for training windows `x`: the ids themselves (text is not augmented)."""
+        return x
+
+    def eval_inputs(self, x: Tensor) -> Tensor:
+        """The model's input for evaluation windows `x`: the ids themselves."""
+        return x
+
+    @staticmethod
+    def rows(y: Tensor) -> Tensor:
+        """Targets (B, T) as the rows a token model's logits are: (B*T,), batch-major."""
+        return y.reshape(-1)
 
     @classmethod
     def from_windows(

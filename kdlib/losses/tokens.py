@@ -125,6 +125,10 @@ def _topk_log_probs(topk_logits: torch.Tensor, log_normalizer: torch.Tensor, dt:
     return topk_logits.detach().to(dt) - log_normalizer.detach().to(device=topk_logits.device, dtype=dt).unsqueeze(1)
 
 
+TAIL_FLOOR = 1e-12
+"""The least tail mass `topk_restricted_log_probs` gives the tokens outside the top-K."""
+
+
 def topk_restricted_log_probs(
     topk_logits: torch.Tensor, topk_indices: torch.Tensor, log_normalizer: torch.Tensor, vocab: int
 ) -> torch.Tensor:
@@ -133,9 +137,11 @@ def topk_restricted_log_probs(
     The K cached tokens keep their exact probabilities ``exp(v - lse)``; the tail mass
     ``r = 1 - sum_k exp(v_k - lse)`` is spread uniformly over the other ``vocab - K``
     tokens (``log(r / (vocab - K))`` each, through ``log1mexp``: no cancellation beyond
-    what the record itself rounds). The row sums to 1 up to rounding; a tail below the
-    rounding of the normaliser (about 1e-16 of the mass in fp64, 1e-7 in fp32), or fp16
-    values summing past 1, gives the tail tokens -inf, probability 0. ``K = vocab`` is the
+    what the record itself rounds). The row sums to 1 up to rounding. A tail mass below
+    ``TAIL_FLOOR`` (1e-12) is taken as ``TAIL_FLOOR``: a softmax teacher gives every token a
+    positive probability, a tail that small is below the record's rounding (fp16 values summing
+    past 1 give a negative estimate), and a finite floor keeps every dense loss finite (a
+    z-score or a per-class binary KL of a -inf logit is nan). ``K = vocab`` is the
     full softmax. Indices in a row are assumed distinct. At T = 1: the tail's shape is
     unknown, so it cannot be softened. Constant: no gradient flows to the inputs.
     """
@@ -144,7 +150,7 @@ def topk_restricted_log_probs(
     dt = compute_dtype(topk_logits, log_normalizer)
     top = _topk_log_probs(topk_logits, log_normalizer, dt)
     if k < vocab:
-        tail = log1mexp(torch.logsumexp(top, dim=1, keepdim=True)) - math.log(vocab - k)
+        tail = log1mexp(torch.logsumexp(top, dim=1, keepdim=True)).clamp_min(math.log(TAIL_FLOOR)) - math.log(vocab - k)
     else:
         tail = top.new_full((n, 1), -math.inf)
     return tail.expand(n, vocab).scatter(1, topk_indices.to(top.device).long(), top)

@@ -57,6 +57,8 @@ class Method(Objective):
     classes alone (DKD's NCKD, NKD's, USKD's) is 0 with one non-target class, and a row
     z-score (logit standardization, Z-loss) or a Pearson correlation across the classes
     (DIST's inter-class term) of 2 values is the constant +-1, so it has no gradient."""
+    image_only: ClassVar[bool] = False
+    """Needs an image model (an intermediate stage, as USKD's weak head): refused on token data."""
     cached: ClassVar[tuple[str, ...]] = ("logits",)
     """The cached teacher tensors it reads per batch (`kdlib.logit_cache.TeacherBatch` fields).
     A method reading only the dense logits gets them as a tensor in `forward_train`'s

@@ -32,6 +32,7 @@ class USKD(Method):
     code's (`nontarget_rank`)."""
 
     name = "uskd"
+    image_only = True  # its weak head reads an image model's intermediate stage
     min_classes = 3  # L_non, over the non-target classes alone, is 0 with one
     Settings = USKDSettings
     needs_teacher = False

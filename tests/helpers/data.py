@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from kdlib.data.dataset import Dataset
-from tests.helpers.study import TINY_STUDY
+from tests.helpers.study import TINY_LM_STUDY, TINY_STUDY
 
 
 def same_dataset(a: Dataset, b: Dataset) -> bool:
@@ -30,8 +30,8 @@ def same_dataset(a: Dataset, b: Dataset) -> bool:
 
 
 def study_with_data(**data: object) -> dict:
-    """The tiny study of tests/conftest.py with `data` replaced."""
-    raw = copy.deepcopy(TINY_STUDY)
+    """The tiny study (its token twin for the `text` source) with `data` replaced."""
+    raw = copy.deepcopy(TINY_LM_STUDY if data.get("source") == "text" else TINY_STUDY)
     raw["data"] = data
     return raw
 

@@ -1,4 +1,4 @@
-"""Study configs for the tests: the tiny study, and the tiny study with extra and fine-tuned teachers."""
+"""Study configs for the tests: the tiny study, its token twin, and the tiny study with extra and fine-tuned teachers."""
 from __future__ import annotations
 
 import copy
@@ -20,6 +20,26 @@ TINY_STUDY = {
     "tracking": {"enabled": True, "uri": "sqlite:///mlflow.db", "experiment": "tiny"},
     "runtime": {"device": "cpu", "threads": 1, "store": ".kdflow/store"},
 }
+
+
+TINY_LM_STUDY = {
+    "study": "tiny-lm",
+    "data": {"source": "text", "seed": 0, "vocab_size": 300, "context": 16, "max_chars": 30000},
+    "teacher": {"arch": "gpt_nano", "seed": 0,
+                "schedule": {"epochs": 2, "batch_size": 16, "optimizer": "adamw", "lr": 0.003, "weight_decay": 0.0}},
+    "students": {
+        "arch": "gpt_nano",
+        "seeds": [0],
+        "schedule": {"epochs": 1, "batch_size": 16, "optimizer": "adamw", "lr": 0.003, "weight_decay": 0.0},
+        "methods": ["ce", "kd"],
+    },
+    "logits": {"batch_size": 512, "topk": 8},
+    "methods": {"ce": {}, "kd": {"temperature": 1.0}},
+    "evaluation": {"ece_bins": 15, "probe_size": 8, "nc_every": 0},
+    "tracking": {"enabled": True, "uri": "sqlite:///mlflow.db", "experiment": "tiny-lm"},
+    "runtime": {"device": "cpu", "threads": 1, "store": ".kdflow/store"},
+}
+"""A token study of seconds: 30K characters of the pydoc corpus, a 300-token BPE, 1-layer GPTs."""
 
 
 def study_with_teachers(**changes):

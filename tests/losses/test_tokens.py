@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from kdlib.losses.kd import kd_loss, kl_rows, reverse_kl_loss
 from kdlib.losses.tokens import (
+    TAIL_FLOOR,
     generalized_jsd_loss,
     masked_token_mean,
     restrict_to_topk,
@@ -218,16 +219,16 @@ def test_restricting_to_the_whole_vocabulary_is_log_softmax():
     torch.testing.assert_close(restrict_to_topk(tt(t), 7), F.log_softmax(tt(t), 1))
 
 
-def test_a_small_tail_keeps_its_log_and_one_below_rounding_is_empty():
+def test_a_small_tail_keeps_its_log_and_one_below_the_floor_gets_the_floor():
     """The tail's log equals logsumexp(tail logits) - lse from the full logits while the tail
-    mass is above the rounding of 1 (here ~1e-7 in fp64); a tail below it is 0 (-inf), not nan."""
+    mass is above TAIL_FLOOR; a tail below it (or below rounding) gets the floor, finite, not nan."""
     t = tt([[20.0, 19.0, 18.0, 0.0, 1.0, 2.0]])
     out = restrict_to_topk(t, 3)
     exact = (torch.logsumexp(t[:, 3:], 1) - torch.logsumexp(t, 1) - math.log(3)).item()
     assert out[0, 3].item() == pytest.approx(exact, rel=1e-8)
     assert exact < -16
     tiny = restrict_to_topk(tt([[50.0, 49.0, 48.0, 0.0, 1.0, 2.0]]), 3)
-    assert torch.isneginf(tiny[0, 3:]).all() and not torch.isnan(tiny).any()
+    torch.testing.assert_close(tiny[0, 3:], torch.full((3,), math.log(TAIL_FLOOR / 3), dtype=torch.float64))
     torch.testing.assert_close(tiny.exp().sum(1), torch.ones(1, dtype=torch.float64))
 
 
@@ -239,11 +240,12 @@ def test_restriction_is_shift_invariant_and_a_constant():
     torch.testing.assert_close(restrict_to_topk(tt(t) + 17.5, 3), out.detach())
 
 
-def test_fp16_values_summing_past_one_give_an_empty_tail_not_nan():
+def test_fp16_values_summing_past_one_give_the_floor_tail_not_nan():
     values = torch.tensor([[0.0, 0.0]], dtype=torch.float16)
     lse = torch.tensor([math.log(2.0) - 1e-3])  # the top-2 probabilities sum to 1.002
     out = topk_restricted_log_probs(values, torch.tensor([[1, 3]]), lse, 5)
-    assert torch.isneginf(out[0, [0, 2, 4]]).all() and torch.isfinite(out[0, [1, 3]]).all()
+    torch.testing.assert_close(out[0, [0, 2, 4]], torch.full((3,), math.log(TAIL_FLOOR / 3)))
+    assert torch.isfinite(out).all()
     assert out.dtype == torch.float32
 
 

@@ -79,6 +79,9 @@ class Source:
     """
 
     name: ClassVar[str] = ""
+    kind: ClassVar[str] = "images"
+    """What ``build`` returns: "images" (a ``Dataset``) or "tokens" (a ``TokenDataset``); the
+    archs, methods and caches a study may use follow from it."""
     takes_image_size: ClassVar[bool] = False
     """Whether ``data.image_size`` sets the size of this source's images."""
 

@@ -291,6 +291,7 @@ class Text(Source):
     of ``data.path``'s ``.txt`` files."""
 
     name = "text"
+    kind = "tokens"
 
     @classmethod
     def check(cls, data: DataSettings) -> None:
