@@ -140,7 +140,7 @@ def _run_study(cfg: StudyConfig, parent_run_id: str | None) -> dict[str, Any]:
     # every teacher besides `teacher` gets its row in the report (and is linked from the MLflow parent)
     extra = {name: model for name, model in models.items() if name != MAIN_TEACHER}
     done = evaluations.result()
-    summary = aggregate_task(cfg, teacher, done, extra, data)
+    summary = aggregate_task(cfg, teacher, done, extra, data, caches[MAIN_TEACHER])
     print(f"results table: {summary['dir']}/summary.md")
     return {"summary": summary, "evaluations": done,
             "teachers": {name: model.result() for name, model in models.items()}}

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from kdlib import artifacts
 from kdlib.logit_cache import TeacherBatch
-from kdlib.losses.tokens import topk_restricted_log_probs
+from kdlib.topk import topk_restricted_log_probs
 
 TOKENS, TEST_TOKENS = "tokens.pt", "tokens_test.pt"
 """The training windows' cache (what students read) and the test windows' (what evaluation compares with)."""

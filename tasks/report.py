@@ -3,8 +3,9 @@
 Rendered by `aggregate` from the data it has just written (`summary.json` and the
 per-method curves), so every number in the report is one of `summary.json`'s. The
 document is built once as a list of blocks and written twice (Markdown and HTML), so the
-two versions cannot drift apart. Figures use matplotlib's Agg backend; a method keeps one
-colour in every figure (its place in `students.methods`).
+two versions cannot drift apart. The figures are drawn by `tasks.report_figures`. A token
+study (its data set's `kind`) is ranked and compared on validation perplexity instead of
+top-1 (`PRIMARY`), and its report speaks of tokens, perplexity and token accuracy.
 
 `report.md` is part of the aggregate artifact (deterministic: the same results give the
 same bytes). `report.html` is written once per pipeline run (`write_html`): the same
@@ -20,29 +21,22 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
-import matplotlib
+import polars as pl
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-import polars as pl  # noqa: E402
-
-from kdlib import artifacts  # noqa: E402
+from kdlib import artifacts
+from tasks.report_figures import (
+    NC_COLUMNS, accuracy_figure, collapse_figure, conflict_columns, conflict_figure, has_nc_curves, method_colours,
+    nc_curves_figure, perplexity_figure, reliability_figure,
+)
 
 FIGURES = "figures"
 REFERENCES = ("kd", "ce")
 DHKD_ABLATION = ("kd", "dkd", "binarykl", "binarykl_norm", "ce+binarykl", "ce+binarykl_norm", "dhkd", "dhkd_kd")
 """Registry methods whose gradient-conflict curves are drawn (every multi-term method is in the table)."""
-NC_COLUMNS = (
-    ("nc/nc1", "NC1", 3), ("nc/means_norm_cv", "NC2 means: norm CV", 3), ("nc/means_cos_dev", "NC2 means: angle dev", 3),
-    ("nc/classifier_norm_cv", "NC2 head: norm CV", 3), ("nc/classifier_cos_dev", "NC2 head: angle dev", 3),
-    ("nc/classifier_nc3", "NC3 head", 3), ("nc/classifier_norm", "head norm", 2), ("nc/aux_head_nc3", "NC3 aux head", 3),
-)
 Block = tuple[Any, ...]
 NA = "n/a"
 MIN_SEEDS = 3
@@ -50,6 +44,52 @@ MIN_SEEDS = 3
 WEAK = "†"
 CEILING = 99.0
 """Top-1 (%) at or above which every arm counts as at the ceiling: the data cannot separate the methods."""
+
+
+class Primary(NamedTuple):
+    """What a study's methods are ranked and compared on: one code path for image and token
+    studies (the table's order, the Δ columns, the paired tests, the conclusion)."""
+
+    metric: str
+    """Summary column (without `_mean`) the table is sorted by and the conclusion reads."""
+    higher_is_better: bool
+    name: str
+    """The metric in prose: "the highest <name>"."""
+    short: str
+    """After a value in prose: "at 70.00% <short>"."""
+    unit: str
+    quote: str
+    """Before a bare value in prose: "the teacher (<quote>70.50<unit>)"."""
+    points: str
+    """After a margin: "2.00<points> above"."""
+    paired: tuple[tuple[str, str], ...]
+    """(metric, short label) compared per seed against each reference: the paired table's column pairs."""
+    lead: tuple[tuple[str, str, int], ...]
+    """(label, metric, digits) of the columns before the accuracy ones in the results tables."""
+    accuracy: str
+    """How top-1 is named in table headers."""
+    ceiling: float | None
+    """Primary value at or beyond which every arm is at the ceiling (None: no ceiling)."""
+
+
+PRIMARY = {
+    "images": Primary("top1", True, "last-epoch top-1", "top-1", "%", "", " points", (("top1", "last"), ("best_top1", "best")), (),
+                      "top-1", CEILING),
+    "tokens": Primary("val_ppl", False, "validation perplexity", "validation perplexity", "", "validation perplexity ", "",
+                      (("val_ppl", "val. ppl"), ("ppl", "test ppl")),
+                      (("val. perplexity", "val_ppl", 2), ("test perplexity", "ppl", 2)), "token acc.", None),
+}
+"""By data kind (`kind_of`): token studies are ranked by validation perplexity, lower first."""
+
+
+def kind_of(summary: dict[str, Any]) -> str:
+    """`tokens` for a token study (its data set's `kind`), else `images`."""
+    return "tokens" if ((summary.get("setup") or {}).get("data") or {}).get("kind") == "tokens" else "images"
+
+
+def better(primary: Primary, a: float, b: float) -> bool:
+    """`a` is strictly better than `b` on the primary metric."""
+    return a > b if primary.higher_is_better else a < b
 
 
 # --------------------------------------------------------------------------- #
@@ -95,166 +135,57 @@ def pm(row: dict[str, Any], metric: str, digits: int = 2) -> str:
 
 
 # --------------------------------------------------------------------------- #
-# figures
-# --------------------------------------------------------------------------- #
-def method_colours(methods: list[str]) -> dict[str, Any]:
-    """One colour per method, by its place in the study: tab10, or past ten methods tab20
-    followed by tab20b and tab20c, so up to 60 methods never share a colour."""
-    maps = ("tab10",) if len(methods) <= 10 else ("tab20", "tab20b", "tab20c")
-    palette = [plt.get_cmap(name)(i) for name in maps for i in range(plt.get_cmap(name).N)]
-    return {m: palette[i % len(palette)] for i, m in enumerate(methods)}
-
-
-def save_figure(fig: Any, path: Path) -> None:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    artifacts.write_bytes(path, buffer.getvalue())
-
-
-def accuracy_figure(curves: pl.DataFrame, colours: dict[str, Any], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for method, colour in colours.items():
-        c = curves.filter(pl.col("method") == method)
-        if c.height:
-            ax.plot(c["epoch"], c["test_top1"], marker="o", markersize=3, color=colour, label=method)
-    ax.set(xlabel="epoch", ylabel="test top-1 (%), mean over seeds", title="Test accuracy per epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    save_figure(fig, path)
-
-
-def conflict_columns(curves: pl.DataFrame, part: str) -> list[str]:
-    return sorted(c for c in curves.columns if c.startswith(f"grad_cos/{part}/"))
-
-
-def conflict_figure(curves: pl.DataFrame, colours: dict[str, Any], path: Path) -> None:
-    """Cosine between each pair of loss terms' gradients per epoch, head and backbone side by
-    side, for the methods in `colours`."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    styles = ("-", "--", ":", "-.")
-    for ax, part in zip(axes, ("head", "backbone")):
-        for method, colour in colours.items():
-            c = curves.filter(pl.col("method") == method)
-            pairs = [col for col in conflict_columns(c, part) if c[col].is_not_null().any()]
-            for i, col in enumerate(pairs):
-                pair = col.rsplit("/", 1)[-1].replace("_vs_", " vs ")
-                label = f"{method}: {pair}" if part == "head" else None
-                ax.plot(c["epoch"], c[col], styles[i % len(styles)], marker="o", markersize=3, color=colour, label=label)
-        ax.axhline(0.0, color="grey", linewidth=0.8)
-        ax.set(xlabel="epoch", title=f"{part} parameters", ylim=(-1.05, 1.05))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("cosine of the two terms' gradients")
-    fig.suptitle("Gradient conflict on the fixed probe batch (< 0: the terms pull apart)")
-    fig.tight_layout()
-    fig.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, frameon=False)
-    save_figure(fig, path)
-
-
-def collapse_figure(methods: list[dict[str, Any]], colours: dict[str, Any], path: Path) -> None:
-    """Bars of the end-of-training NC metrics per method (mean over seeds, std as error bars)."""
-    panels = [(key, label) for key, label, _ in NC_COLUMNS if key != "nc/classifier_norm" and any(r.get(f"{key}_mean") is not None for r in methods)]
-    cols = min(3, len(panels))
-    rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
-    for ax, (key, label) in zip(axes.flat, panels):
-        shown = [r for r in methods if r.get(f"{key}_mean") is not None]
-        ax.bar(range(len(shown)), [r[f"{key}_mean"] for r in shown], yerr=[r[f"{key}_std"] or 0.0 for r in shown],
-               color=[colours[r["method"]] for r in shown], capsize=3)
-        ax.set_xticks(range(len(shown)), [r["method"] for r in shown], rotation=45, ha="right")
-        ax.set(title=label, ylabel=label, xlabel="method")
-        ax.grid(axis="y", alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.set_visible(False)
-    fig.suptitle("Neural collapse at the end of training (train set; lower = more collapsed)")
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def nc_curves_figure(curves: pl.DataFrame, colours: dict[str, Any], path: Path) -> None:
-    """NC1 and the head's NC3 over the epochs at which they were measured (`evaluation.nc_every`)."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, (key, label) in zip(axes, (("nc/nc1", "NC1"), ("nc/classifier_nc3", "NC3 head"))):
-        for method, colour in colours.items():
-            c = curves.filter((pl.col("method") == method) & pl.col(key).is_not_null())
-            if c.height:
-                ax.plot(c["epoch"], c[key], marker="o", markersize=3, color=colour, label=method)
-        ax.set(xlabel="epoch", ylabel=label, title=f"{label} during training")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, frameon=False)
-    save_figure(fig, path)
-
-
-def has_nc_curves(curves: pl.DataFrame) -> bool:
-    """True when some method measured NC at more than one epoch."""
-    if "nc/nc1" not in curves.columns:
-        return False
-    counts = curves.filter(pl.col("nc/nc1").is_not_null()).group_by("method").len()
-    return bool(counts.height) and counts["len"].max() > 1
-
-
-def reliability_figure(reliability: dict[str, dict[str, list[float]]], methods: list[dict[str, Any]], colours: dict[str, Any], path: Path) -> None:
-    """Accuracy against mean confidence per bin, pooled over seeds; the diagonal is perfect calibration."""
-    names = [m for m in colours if m in reliability]
-    cols = min(4, len(names))
-    rows = -(-len(names) // cols)
-    ece = {r["method"]: r.get("ece_mean") for r in methods}
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.3 * rows), squeeze=False, sharex=True, sharey=True)
-    for ax, method in zip(axes.flat, names):
-        d = reliability[method]
-        bins = len(d["count"])
-        width = 1.0 / bins
-        centres = [(b + 0.5) * width for b in range(bins)]
-        acc = [c / n if n else 0.0 for c, n in zip(d["correct"], d["count"])]
-        conf = [s / n if n else None for s, n in zip(d["confidence_sum"], d["count"])]
-        ax.bar(centres, acc, width=width, color=colours[method], edgecolor="black", linewidth=0.4, label="accuracy")
-        ax.plot([p for p, c in zip(centres, conf) if c is not None], [c for c in conf if c is not None],
-                "k.", markersize=4, label="mean confidence")
-        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8, label="perfect calibration")
-        ax.set(title=f"{method} (ECE {fmt(ece.get(method))}%)", xlim=(0, 1), ylim=(0, 1))
-    for ax in axes[-1]:
-        ax.set_xlabel("confidence")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("accuracy")
-    for ax in list(axes.flat)[len(names):]:
-        ax.set_visible(False)
-    axes[0, 0].legend(loc="upper left", fontsize=7, frameon=False)
-    fig.suptitle("Reliability diagrams (test set, pooled over seeds)")
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-# --------------------------------------------------------------------------- #
 # the document
 # --------------------------------------------------------------------------- #
+def data_size(data: dict[str, Any]) -> str:
+    """The data set's size from `setup.data` (the prepare_data manifest's numbers): images and
+    classes, or for tokens the windows and tokens per split, the context and the vocabulary."""
+    if data.get("kind") == "tokens":
+        tokens = data["tokens"]
+        return (f"{data['num_train']} train / {data['num_val']} validation / {data['num_test']} test windows of "
+                f"{data['context']} tokens ({tokens['train']} / {tokens['val']} / {tokens['test']} tokens), "
+                f"vocabulary {data['num_classes']}")
+    return (f"{data['num_train']} train / {data['num_test']} test images, {data['num_classes']} classes, "
+            f"{'×'.join(map(str, data['shape']))}")
+
+
 def setup_rows(summary: dict[str, Any], provenance: dict[str, str] | None = None) -> list[list[str]]:
     """The header's rows: what the study ran on (from `summary.json`'s `setup`) and, for the
     per-run `report.html`, where it comes from (commit, date, MLflow parent run)."""
     setup, teacher = summary.get("setup", {}), summary["teacher"]
     data = setup.get("data") or {}
     if "num_train" in data:
-        size = (f"{data['num_train']} train / {data['num_test']} test images, {data['num_classes']} classes, "
-                f"{'×'.join(map(str, data['shape']))}")
-        dataset = f"`{data['source']}` ({data['name']}): {size}"
+        corpus = f", corpus {data['corpus']}" if data.get("corpus") else ""
+        dataset = f"`{data['source']}` ({data['name']}{corpus}): {data_size(data)}"
     else:
         dataset = f"`{data['source']}`" if data.get("source") else NA
     students = setup.get("students") or {}
+    made = how_made(summary["teachers"][0]) if summary.get("teachers") else "trained"
+    test = teacher["test"]
+    if kind_of(summary) == "tokens":
+        scores = (f"validation perplexity {fmt(test.get('val_ppl'))}, test perplexity {fmt(test.get('ppl'))}, "
+                  f"token accuracy {fmt(test['top1'])}%")
+    else:
+        scores = f"test top-1 {fmt(test['top1'])}%"
     rows = [
         ["study", f"`{summary['study']}`"],
         ["data set", dataset],
-        ["teacher", f"`{teacher['arch']}` ({how_made(summary['teachers'][0]) if summary.get('teachers') else 'trained'}), "
-                    f"test top-1 {fmt(teacher['test']['top1'])}%"],
+        ["teacher", f"`{teacher['arch']}` ({made}), {scores}"],
     ]
+    cache = setup.get("cache")
+    if cache:  # a token study's sparse teacher cache against the dense one it replaces
+        rows.append(["logit cache", f"top-{cache['topk']} teacher logits and the log-normaliser per token: "
+                                    f"{cache['bytes_per_token']:g} bytes per token, vs {cache['dense_bytes_per_token']:g} "
+                                    f"for a dense fp16 cache of the same tokens "
+                                    f"({cache['dense_bytes_per_token'] / cache['bytes_per_token']:.0f}× smaller)"])
     if students:
         sched = students["schedule"]
+        optimizer = sched.get("optimizer", "sgd")
+        step = f"momentum {sched['momentum']:g}" if optimizer == "sgd" else optimizer
         rows += [
             ["students", f"`{students['arch']}`, seeds {', '.join(map(str, students['seeds']))}"],
             ["schedule", f"{sched['epochs']} epochs, batch {sched['batch_size']}, lr {sched['lr']:g} "
-                         f"({sched['scheduler']}, {sched['warmup_epochs']} warmup), momentum {sched['momentum']:g}, "
+                         f"({sched['scheduler']}, {sched['warmup_epochs']} warmup), {step}, "
                          f"weight decay {sched['weight_decay']:g}"],
         ]
     if provenance:
@@ -273,75 +204,93 @@ def seed_caveat(methods: list[dict[str, Any]]) -> str | None:
             "trusting a difference.")
 
 
-def _exceeds_spread(diff: float | None, a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """The difference of two methods' mean top-1 is larger than their seed spreads together (std + std)."""
+def _exceeds_spread(diff: float | None, a: dict[str, Any], b: dict[str, Any], metric: str = "top1") -> bool:
+    """The difference of two methods' mean `metric` is larger than their seed spreads together (std + std)."""
     if diff is None or a["seeds"] < 2 or b["seeds"] < 2:
         return False
-    return abs(diff) > (a["top1_std"] or 0.0) + (b["top1_std"] or 0.0)
+    return abs(diff) > (a[f"{metric}_std"] or 0.0) + (b[f"{metric}_std"] or 0.0)
 
 
 def conclusion(summary: dict[str, Any]) -> list[str]:
     """A short written conclusion from the numbers of `summary.json`, never stronger than they are:
-    the best method and its margin, which differences exceed the seed spread (std + std),
-    what the paired tests can say, the DHKD diagnostics, and warnings when the teacher is no
-    better than the CE student or every arm is at the ceiling."""
-    methods = [m for m in summary["methods"] if m.get("top1_mean") is not None]
+    the best method on the primary metric (`PRIMARY`: last-epoch top-1, or for a token study
+    validation perplexity) and its margin, which differences exceed the seed spread (std +
+    std), what the paired tests can say, the DHKD diagnostics, and warnings when the teacher
+    is no better than the CE student or every arm is at the ceiling."""
+    p = PRIMARY[kind_of(summary)]
+    metric, mean, std = p.metric, f"{p.metric}_mean", f"{p.metric}_std"
+    methods = [m for m in summary["methods"] if m.get(mean) is not None]
     if not methods:
         return ["Every student failed: there is nothing to compare."]
     out: list[str] = []
     by_name = {m["method"]: m for m in methods}
-    best = methods[0]  # summary rows are sorted by last-epoch top-1
+    best = methods[0]  # summary rows are sorted by the primary metric, best first
     fewest = min(m["seeds"] for m in methods)
     if len(methods) == 1:
-        out.append(f"Only `{best['method']}` finished, at {fmt(best['top1_mean'])}% top-1: no comparison is possible.")
+        out.append(f"Only `{best['method']}` finished, at {fmt(best[mean])}{p.unit} {p.short}: no comparison is possible.")
     else:
         runner = methods[1]
-        margin = best["top1_mean"] - runner["top1_mean"]
-        text = (f"`{best['method']}` has the highest last-epoch top-1, {fmt(best['top1_mean'])}%, "
-                f"{fmt(margin)} points above `{runner['method']}` ({fmt(runner['top1_mean'])}%).")
+        margin = (best[mean] - runner[mean]) * (1 if p.higher_is_better else -1)
+        text = (f"`{best['method']}` has the {'highest' if p.higher_is_better else 'lowest'} {p.name}, "
+                f"{fmt(best[mean])}{p.unit}, {fmt(margin)}{p.points} {'above' if p.higher_is_better else 'below'} "
+                f"`{runner['method']}` ({fmt(runner[mean])}{p.unit}).")
         if fewest < 2:
             text += " With one seed there is no seed spread: no difference here can be told from seed noise."
-        elif _exceeds_spread(margin, best, runner):
-            text += (f" The margin exceeds the two methods' seed spread (std {fmt(best['top1_std'])} + "
-                     f"{fmt(runner['top1_std'])})" + (f", but with {fewest} seeds that is weak evidence." if fewest < MIN_SEEDS else "."))
+        elif _exceeds_spread(margin, best, runner, metric):
+            text += (f" The margin exceeds the two methods' seed spread (std {fmt(best[std])} + "
+                     f"{fmt(runner[std])})" + (f", but with {fewest} seeds that is weak evidence." if fewest < MIN_SEEDS else "."))
         else:
-            text += (f" The margin is within the seed spread (std {fmt(best['top1_std'])} + {fmt(runner['top1_std'])}): "
+            text += (f" The margin is within the seed spread (std {fmt(best[std])} + {fmt(runner[std])}): "
                      "these two are not separated.")
         out.append(text)
+    ce = by_name.get("ce")
+    if kind_of(summary) == "tokens" and ce is not None and best is not ce:  # the issue's question: KD vs CE on perplexity
+        gain = ce[mean] - best[mean]  # the best comes first: never negative
+        text = f"Against `ce` ({fmt(ce[mean])}), `{best['method']}`'s {p.name} is {fmt(gain)} lower"
+        if fewest < 2:
+            text += "; with one seed that cannot be told from seed noise."
+        else:
+            beyond = _exceeds_spread(gain, best, ce, metric)
+            text += (f", {'more than' if beyond else 'within'} the seed spread (std {fmt(best[std])} + {fmt(ce[std])}).")
+        out.append(text)
+    direction = "" if p.higher_is_better else f" (Δ {p.name}: negative is better)"
     for ref in REFERENCES:
         if ref not in by_name or fewest < 2:
             continue
         rows = [c for c in summary["comparisons"] if c["reference"] == ref and c["method"] in by_name]
-        beyond = [c for c in rows if _exceeds_spread(c["top1_diff_mean"], by_name[c["method"]], by_name[ref])]
+        beyond = [c for c in rows if _exceeds_spread(c[f"{metric}_diff_mean"], by_name[c["method"]], by_name[ref], metric)]
         within = [c["method"] for c in rows if c not in beyond]
         if not rows:
             continue
         if beyond:
-            listed = ", ".join(f"`{c['method']}` ({fmt(c['top1_diff_mean'], 2, signed=True)})" for c in beyond)
-            text = f"Against `{ref}`, {listed} {'differ' if len(beyond) > 1 else 'differs'} by more than the seed spread"
+            listed = ", ".join(f"`{c['method']}` ({fmt(c[f'{metric}_diff_mean'], 2, signed=True)})" for c in beyond)
+            text = (f"Against `{ref}`{direction}, {listed} {'differ' if len(beyond) > 1 else 'differs'} "
+                    "by more than the seed spread")
             text += f"; {', '.join(f'`{m}`' for m in within)} {'do' if len(within) > 1 else 'does'} not." if within else "."
             if fewest < MIN_SEEDS:
                 text += f" With {fewest} seeds per method that is a first indication, not evidence."
         else:
             text = f"Against `{ref}`, no method differs by more than the seed spread."
         out.append(text)
-    tested = [c for c in summary["comparisons"] if c["top1_p"] is not None]
+    tested = [c for c in summary["comparisons"] if c.get(f"{metric}_p") is not None]
     if tested:
         if fewest < MIN_SEEDS:
             out.append(f"The paired t-tests rest on {fewest} seeds ({max(fewest - 1, 0)} degree(s) of freedom): "
                        "their p-values are shown but support no claim of significance.")
         else:
-            low = [f"`{c['method']}` vs `{c['reference']}` (p {fmt_p(c['top1_p'])})" for c in tested if c["top1_p"] < 0.05]
+            low = [f"`{c['method']}` vs `{c['reference']}` (p {fmt_p(c[f'{metric}_p'])})" for c in tested
+                   if c[f"{metric}_p"] < 0.05]
             out.append("Paired t-tests with p < 0.05 (uncorrected for the "
                        f"{len(tested)} comparisons): {', '.join(low)}." if low else
                        f"No paired t-test reaches p < 0.05 over {fewest} seeds.")
     out += _diagnostics_conclusion(summary)
-    teacher_top1 = summary["teacher"]["test"]["top1"]
-    if "ce" in by_name and teacher_top1 <= by_name["ce"]["top1_mean"]:
-        out.append(f"⚠ The teacher ({fmt(teacher_top1)}%) is no better than the CE student ({fmt(by_name['ce']['top1_mean'])}%): "
+    teacher = summary["teacher"]["test"].get(metric)
+    if "ce" in by_name and teacher is not None and not better(p, teacher, by_name["ce"][mean]):
+        out.append(f"⚠ The teacher ({p.quote}{fmt(teacher)}{p.unit}) is no better than the CE student "
+                   f"({fmt(by_name['ce'][mean])}{p.unit}): "
                    "whatever distillation changes here, it is not the transfer of a better model's knowledge.")
-    if all(m["top1_mean"] >= CEILING for m in methods):
-        out.append(f"⚠ Every method is at the ceiling (top-1 ≥ {CEILING:g}%): this data set is too easy to tell them apart.")
+    if p.ceiling is not None and all(m[mean] >= p.ceiling for m in methods):
+        out.append(f"⚠ Every method is at the ceiling (top-1 ≥ {p.ceiling:g}%): this data set is too easy to tell them apart.")
     return out
 
 
@@ -374,12 +323,20 @@ def _diagnostics_conclusion(summary: dict[str, Any]) -> list[str]:
     return out
 
 
+def score_columns(p: Primary) -> list[tuple[str, str, int]]:
+    """(header, metric, digits) of a results table's leading score columns: for a token study the
+    perplexities, then the last and best epoch's top-1 (token accuracy for tokens)."""
+    return [*p.lead, (f"{p.accuracy} last", "top1", 2), (f"{p.accuracy} best", "best_top1", 2)]
+
+
 def build(summary: dict[str, Any], figures: dict[str, str], provenance: dict[str, str] | None = None) -> list[Block]:
     """The report as blocks: ("h1"|"h2"|"p", text), ("table", header, rows), ("img", path, alt).
 
     `provenance` (commit, date, front door, MLflow parent run): rows of the header of the
     per-run `report.html`; the artifact's `report.md` has none."""
     methods = summary["methods"]
+    tokens = kind_of(summary) == "tokens"
+    p = PRIMARY[kind_of(summary)]
     caveat = seed_caveat(methods)
     blocks: list[Block] = [
         ("h1", f"{summary['study']}: study report"),
@@ -387,15 +344,22 @@ def build(summary: dict[str, Any], figures: dict[str, str], provenance: dict[str
         ("p", "Mean ± std over seeds; failed runs are listed in `summary.md` and kept out of the means. "
               "n/a: the quantity does not exist for that method (or that many seeds)."),
         ("h2", "Results"),
-        ("p", "`top-1 last` is the final epoch's model, `top-1 best` the best epoch's test accuracy (as papers "
-              "report). Δ is the difference of the means with the reference method's."),
+        ("p", "`val. perplexity` and `test perplexity`: exp of the mean per-token NLL on the validation and the test "
+              "windows (lower is better; the table is sorted by validation perplexity). `token acc. last` is the "
+              "final epoch's model's top-1 over the test tokens, `token acc. best` the best epoch's. Δ is the "
+              "difference of the mean validation perplexities with the reference method's (negative: better)."
+         if tokens else
+         "`top-1 last` is the final epoch's model, `top-1 best` the best epoch's test accuracy (as papers "
+         "report). Δ is the difference of the means with the reference method's."),
     ]
     refs = [r for r in REFERENCES if any(m["method"] == r for m in methods)]
-    header = ["method", "seeds", "top-1 last", "top-1 best", "best epoch", *[f"Δ last vs {r}" for r in refs], "top-5", "NLL"]
+    scores = score_columns(p)
+    delta = p.paired[0][1]
+    header = ["method", "seeds", *[h for h, _, _ in scores], "best epoch", *[f"Δ {delta} vs {r}" for r in refs], "top-5", "NLL"]
     rows = [
-        [m["method"], str(m["seeds"]), pm(m, "top1"), pm(m, "best_top1"),
+        [m["method"], str(m["seeds"]), *[pm(m, k, d) for _, k, d in scores],
          NA if m["best_epoch_mean"] is None else f"{fmt(m['best_epoch_mean'], 1)}/{m['last_epoch']}",
-         *[fmt(m.get(f"top1_vs_{r}"), 2, signed=True) for r in refs], pm(m, "top5"), pm(m, "nll", 3)]
+         *[fmt(m.get(f"{p.metric}_vs_{r}"), 2, signed=True) for r in refs], pm(m, "top5"), pm(m, "nll", 3)]
         for m in methods
     ]
     blocks.append(("table", header, rows))
@@ -410,25 +374,38 @@ def build(summary: dict[str, Any], figures: dict[str, str], provenance: dict[str
         ]
 
     blocks.append(("h2", "Paired comparison over seeds"))
-    blocks.append(("p", "Per seed, the method's top-1 minus the reference's (same seed: same init of the "
-                        "backbone and same batch order). wins/ties/losses count the seeds; p is a two-sided "
+    blocks.append(("p", ("Per seed, the method's validation and test perplexity minus the reference's (same seed: "
+                         "same init and same batch order); a win is a lower perplexity. "
+                         if tokens else
+                         "Per seed, the method's top-1 minus the reference's (same seed: same init of the "
+                         "backbone and same batch order). ") +
+                        "wins/ties/losses count the seeds; p is a two-sided "
                         "paired t-test (n/a with fewer than two seeds or identical differences)."))
+    paired_header = ["method", "paired seeds"]
+    for i, (_, short) in enumerate(p.paired):
+        paired_header += [f"Δ {short}", "wins/ties/losses" + (f" ({short})" if i else ""), f"p ({short})"]
     for ref in refs:
         rows = [
-            [c["method"], str(c["n"]), fmt(c["top1_diff_mean"], 2, signed=True), c["top1_record"], _p(c, "top1"),
-             fmt(c["best_top1_diff_mean"], 2, signed=True), c["best_top1_record"], _p(c, "best_top1")]
+            [c["method"], str(c["n"]), *[cell for metric, _ in p.paired for cell in (
+                fmt(c[f"{metric}_diff_mean"], 2, signed=True), c[f"{metric}_record"], _p(c, metric))]]
             for c in summary["comparisons"] if c["reference"] == ref
         ]
         if rows:
             blocks.append(("p", f"Against `{ref}`:"))
-            blocks.append(("table", ["method", "paired seeds", "Δ last", "wins/ties/losses", "p (last)",
-                                     "Δ best", "wins/ties/losses (best)", "p (best)"], rows))
+            blocks.append(("table", paired_header, rows))
     if not refs:
         blocks.append(("p", "Neither `kd` nor `ce` is in this study: no reference to compare against."))
     elif caveat and any(c["n"] < MIN_SEEDS for c in summary["comparisons"]):
         blocks.append(("p", caveat))
 
-    blocks += [("h2", "Accuracy curves"), ("img", figures["accuracy"], "test top-1 per epoch, one line per method")]
+    if tokens:
+        if "perplexity" in figures:
+            blocks += [("h2", "Validation perplexity"),
+                       ("img", figures["perplexity"], "validation perplexity per method, test perplexity and the teacher's")]
+        blocks += [("h2", "Per-epoch curves"),
+                   ("img", figures["accuracy"], "test token accuracy and per-token NLL per epoch, one line per method")]
+    else:
+        blocks += [("h2", "Accuracy curves"), ("img", figures["accuracy"], "test top-1 per epoch, one line per method")]
 
     blocks.append(("h2", "Gradient conflict"))
     blocks.append(("p", "For each method with several loss terms: the cosine between the gradients of each pair "
@@ -448,13 +425,17 @@ def build(summary: dict[str, Any], figures: dict[str, str], provenance: dict[str
         blocks.append(("p", "No method of this study has more than one loss term."))
 
     blocks.append(("h2", "Neural collapse"))
-    blocks.append(("p", "Penultimate features of the training set (no augmentation) and the linear heads at the "
-                        "end of training. NC1 = tr(Σ_W Σ_B⁺)/C (within- vs between-class variability); NC2: "
-                        "coefficient of variation of the norms (norm CV) and mean |cos + 1/(C-1)| over pairs (angle dev), "
-                        "of the centred class means and of the head's rows (0 = a simplex ETF); NC3: distance of "
-                        "the normalised head to the normalised class means (0 = self-dual). `aux head`: DHKD's second "
-                        "head (n/a for a method without one)."))
     shown = [(k, label, d) for k, label, d in NC_COLUMNS if any(m.get(f"{k}_mean") is not None for m in methods)]
+    if tokens and not shown:
+        blocks.append(("p", "Not measured in a token study: its classes are the vocabulary's tokens, most of which "
+                            "have too few positions for class means."))
+    else:
+        blocks.append(("p", "Penultimate features of the training set (no augmentation) and the linear heads at the "
+                            "end of training. NC1 = tr(Σ_W Σ_B⁺)/C (within- vs between-class variability); NC2: "
+                            "coefficient of variation of the norms (norm CV) and mean |cos + 1/(C-1)| over pairs (angle dev), "
+                            "of the centred class means and of the head's rows (0 = a simplex ETF); NC3: distance of "
+                            "the normalised head to the normalised class means (0 = self-dual). `aux head`: DHKD's second "
+                            "head (n/a for a method without one)."))
     if shown:
         blocks.append(("img", figures["collapse"], "neural-collapse metrics per method"))
         if "nc_curves" in figures:
@@ -463,14 +444,22 @@ def build(summary: dict[str, Any], figures: dict[str, str], provenance: dict[str
                        [[m["method"], *[pm(m, k, d) for k, _, d in shown]] for m in methods]))
 
     blocks.append(("h2", "Teacher fidelity and calibration"))
-    blocks.append(("p", "On the test set: top-1 agreement with the teacher, KL(teacher ‖ student) at T = 1, "
-                        "Spearman's rank correlation of the non-target logits with the teacher's (the dark "
-                        "knowledge: does the student rank the wrong classes like the teacher?), and the ECE "
-                        "(equal-width confidence bins)."))
-    blocks.append(("table", ["method", "agreement", "KL to teacher", "non-target rank corr", "ECE"], [
-        [m["method"], pm(m, "agreement"), pm(m, "kl_to_teacher", 3), pm(m, "nontarget_rank_corr", 3), pm(m, "ece")]
-        for m in methods
-    ]))
+    if tokens:
+        blocks.append(("p", "On the test windows, per token: top-1 agreement with the teacher, KL(teacher ‖ student) "
+                            "at T = 1 with the teacher restricted to its top-K logits (the distribution its cache "
+                            "holds), and the ECE (equal-width confidence bins)."))
+        blocks.append(("table", ["method", "agreement", "KL to teacher (top-K)", "ECE"], [
+            [m["method"], pm(m, "agreement"), pm(m, "kl_to_teacher", 3), pm(m, "ece")] for m in methods
+        ]))
+    else:
+        blocks.append(("p", "On the test set: top-1 agreement with the teacher, KL(teacher ‖ student) at T = 1, "
+                            "Spearman's rank correlation of the non-target logits with the teacher's (the dark "
+                            "knowledge: does the student rank the wrong classes like the teacher?), and the ECE "
+                            "(equal-width confidence bins)."))
+        blocks.append(("table", ["method", "agreement", "KL to teacher", "non-target rank corr", "ECE"], [
+            [m["method"], pm(m, "agreement"), pm(m, "kl_to_teacher", 3), pm(m, "nontarget_rank_corr", 3), pm(m, "ece")]
+            for m in methods
+        ]))
     blocks += [("h2", "Reliability diagrams"), ("img", figures["reliability"], "reliability diagram per method")]
     blocks.append(("h2", "Conclusion"))
     blocks += [("p", text) for text in conclusion(summary)]
@@ -538,7 +527,7 @@ def to_html(blocks: list[Block], title: str, root: Path | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
-FIGURE_NAMES = ("accuracy", "conflict", "collapse", "nc_curves", "reliability")
+FIGURE_NAMES = ("perplexity", "accuracy", "conflict", "collapse", "nc_curves", "reliability")
 
 
 def write(
@@ -550,12 +539,15 @@ def write(
     gradient-conflict curves are drawn (default: all; a zoo of methods would be unreadable).
     """
     out_dir = Path(out_dir)
+    kind = kind_of(summary)
     colours = method_colours(methods)
     figures = {name: f"{FIGURES}/{name}.png" for name in FIGURE_NAMES}
-    drawers: dict[str, Callable[[Path], None]] = {
-        "accuracy": lambda p: accuracy_figure(curves, colours, p),
-        "reliability": lambda p: reliability_figure(summary["reliability"], summary["methods"], colours, p),
-    }
+    drawers: dict[str, Callable[[Path], None]] = {}
+    if kind == "tokens" and any(m.get("val_ppl_mean") is not None for m in summary["methods"]):
+        teacher_ppl = summary["teacher"]["test"].get("val_ppl")
+        drawers["perplexity"] = lambda p: perplexity_figure(summary["methods"], teacher_ppl, colours, p)
+    drawers["accuracy"] = lambda p: accuracy_figure(curves, colours, p, kind)
+    drawers["reliability"] = lambda p: reliability_figure(summary["reliability"], summary["methods"], colours, p, kind)
     if summary["conflict"]:
         drawn = {m: colours[m] for m in (conflict_methods or methods)}
         drawers["conflict"] = lambda p: conflict_figure(curves, drawn, p)

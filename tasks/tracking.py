@@ -207,11 +207,19 @@ def _log_batch(client: Any, run_id: str, metrics: list[Any] = (), params: dict[s
 # --------------------------------------------------------------------------- #
 def describe(cfg: StudyConfig, front_door: str, data: dict[str, Any] | None = None, extra: str = "") -> str:
     """The parent's description (Markdown): study, data set, teacher, students, commit;
-    `front_door` a key of `FRONT_DOORS`."""
+    `front_door` a key of `FRONT_DOORS`; `data`: the report's `setup.data` (a token data set's
+    windows and tokens per split, context and vocabulary, or the images and classes)."""
     source = cfg.data.source
-    size = "" if data is None else (
-        f": {data['num_train']} train / {data['num_test']} test images, {data['num_classes']} classes, "
-        f"shape {'x'.join(map(str, data['shape']))}")
+    if data is None:
+        size = ""
+    elif data.get("kind") == "tokens":
+        tokens = data["tokens"]
+        size = (f" (corpus {data['corpus']}): {data['num_train']} train / {data['num_val']} validation / "
+                f"{data['num_test']} test windows of {data['context']} tokens ({tokens['train']} / {tokens['val']} / "
+                f"{tokens['test']} tokens), vocabulary {data['num_classes']}")
+    else:
+        size = (f": {data['num_train']} train / {data['num_test']} test images, {data['num_classes']} classes, "
+                f"shape {'x'.join(map(str, data['shape']))}")
     methods = ", ".join(f"`{m}`" for m in cfg.students.methods)
     lines = [
         f"**Study** `{cfg.study}`, run by {FRONT_DOORS.get(front_door, front_door)}.",

@@ -9,16 +9,7 @@ import math
 
 import torch
 
-
-def check_logits(x: torch.Tensor, name: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if x.dim() != 2:
-        raise ValueError(f"{name} must have shape (N, C), got shape {tuple(x.shape)}")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name} must be non-empty, got shape {tuple(x.shape)}")
+from kdlib.checks import check_logits, compute_dtype  # noqa: F401 - the losses' names for them
 
 
 def check_pair(student: torch.Tensor, teacher: torch.Tensor) -> None:
@@ -55,11 +46,6 @@ def check_positive(value: float, name: str) -> None:
     v = float(value)
     if not (math.isfinite(v) and v > 0.0):
         raise ValueError(f"{name} must be a finite positive number, got {value!r}")
-
-
-def compute_dtype(*xs: torch.Tensor) -> torch.dtype:
-    """float64 if any input is float64, else float32 (fp16/bf16 are upcast)."""
-    return torch.float64 if any(x.dtype == torch.float64 for x in xs) else torch.float32
 
 
 def nontarget_index(y: torch.Tensor, c: int) -> torch.Tensor:

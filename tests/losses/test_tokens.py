@@ -1,4 +1,4 @@
-"""kdlib.losses.tokens: padded batches as rows, generalized JSD, and the top-K-restricted
+"""kdlib.losses.tokens and kdlib.topk: padded batches as rows, generalized JSD, and the top-K-restricted
 teacher (dense and as K + 1 buckets), against hand values, numpy fp64 loops and identities."""
 from __future__ import annotations
 
@@ -10,15 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from kdlib.losses.kd import kd_loss, kl_rows, reverse_kl_loss
-from kdlib.losses.tokens import (
-    TAIL_FLOOR,
-    generalized_jsd_loss,
-    masked_token_mean,
-    restrict_to_topk,
-    tail_kd_loss,
-    token_rows,
-    topk_restricted_log_probs,
-)
+from kdlib.losses.tokens import generalized_jsd_loss, masked_token_mean, tail_kd_loss, token_rows
+from kdlib.topk import TAIL_FLOOR, restrict_to_topk, topk_restricted_log_probs
 from tests.helpers.reference import rand_case, tt
 from tests.helpers.tokens import (
     np_generalized_jsd,

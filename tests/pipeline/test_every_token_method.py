@@ -10,7 +10,7 @@ import torch
 from kdlib import artifacts
 from kdlib.config import ConfigError, parse_config
 from kdlib.data.dataset import load_dataset
-from kdlib.losses.tokens import restrict_to_topk
+from kdlib.topk import restrict_to_topk
 from kdlib.methods.base import build_method, method_class, method_names
 from kdlib.models import build_model
 from kdlib.token_cache import TokenCache

@@ -341,3 +341,90 @@ def test_conclusion_reads_the_gradient_conflict():
     assert "On a shared head, `ce+binarykl_norm` ce vs binarykl_norm (-0.200) pull apart" in text
     assert "the head agrees less than the backbone for 1 of 1 pair(s)" in text
     assert "`dhkd` ce vs aux_binarykl_norm (backbone +0.100)" in text
+
+
+# --------------------------------------------------------------------------- #
+# a token study (fake evaluation records: tests/helpers/token_results.py)
+# --------------------------------------------------------------------------- #
+@pytest.fixture(scope="module")
+def token_study(tmp_path_factory):
+    from tests.helpers.token_results import fake_token_study
+
+    root = tmp_path_factory.mktemp("token_report")
+    cfg, teacher, evaluations, data, logits = fake_token_study(root)
+    manifest = aggregate.run(cfg, teacher, evaluations, root / "results", None, data, logits)
+    aggregate.publish(cfg, manifest, root / "results" / "report.html", None, "dvc", {"teacher": teacher}, evaluations)
+    out = root / "results"
+    return out, json.loads((out / "summary.json").read_text()), (out / "report.md").read_text(), manifest
+
+
+def test_a_token_reports_header_says_tokens_perplexity_and_the_cache_size(token_study):
+    out, summary, md, _ = token_study
+    setup = dict(tuple(c.strip() for c in line.strip("|").split("|")) for line in md.split("## Results", 1)[0].splitlines()
+                 if line.startswith("| ") and "study set-up" not in line)
+    assert setup["data set"] == ("`text` (text-pydoc-s0-v300-t16, corpus pydoc): 120 train / 12 validation / 11 test windows "
+                                 "of 16 tokens (1920 / 192 / 176 tokens), vocabulary 300")
+    assert setup["teacher"] == ("`gpt_nano` (trained), validation perplexity 119.00, test perplexity 113.00, "
+                                "token accuracy 21.40%")
+    assert setup["logit cache"] == ("top-8 teacher logits and the log-normaliser per token: 36 bytes per token, vs 600 for "
+                                    "a dense fp16 cache of the same tokens (17× smaller)")
+    assert "adamw" in setup["schedule"] and "momentum" not in setup["schedule"]
+    assert "images" not in md and "images" not in (out / "report.html").read_text()
+    assert summary["setup"]["cache"] == {"topk": 8, "bytes_per_token": 36.0, "dense_bytes_per_token": 600}
+
+
+def test_a_token_reports_tables_rank_and_compare_on_validation_perplexity(token_study):
+    _, summary, md, _ = token_study
+    results = md.split("## Results\n", 1)[1].split("\n## ", 1)[0]
+    assert ("| method | seeds | val. perplexity | test perplexity | token acc. last | token acc. best | best epoch "
+            "| Δ val. ppl vs kd | Δ val. ppl vs ce | top-5 | NLL |") in results
+    rows = table_rows(md, "Results")
+    assert [r[0] for r in rows] == [m["method"] for m in summary["methods"]] == ["kd", "ce", "reverse_kl"]
+    for r, m in zip(rows, summary["methods"]):
+        assert r[2:4] == [pm(m, "val_ppl"), pm(m, "ppl")] and r[7:9] == [fmt(m["val_ppl_vs_kd"], 2, True), fmt(m["val_ppl_vs_ce"], 2, True)]
+    assert "| method | paired seeds | Δ val. ppl | wins/ties/losses | p (val. ppl) | Δ test ppl |" in md
+    paired = {(r[0], i // 2): r for i, r in enumerate(table_rows(md, "Paired comparison over seeds"))}
+    assert paired[("kd", 1)][2:4] == ["-10.50", "2/0/0"]  # against ce: lower perplexity on both seeds, two wins
+    assert "Neural collapse" in md and "Not measured in a token study" in md
+    assert "| method | agreement | KL to teacher (top-K) | ECE |" in md and "non-target" not in md
+    curve = json.loads((token_study[0] / "curves" / "kd.json").read_text())
+    assert {"test_top1", "test_nll", "loss", "grad_cos/head/ce_vs_kd"} <= curve[0].keys()
+
+
+def test_a_token_report_draws_the_perplexity_figure_and_no_nc_figure(token_study):
+    out, _, md, manifest = token_study
+    figures = ["figures/perplexity.png", "figures/accuracy.png", "figures/conflict.png", "figures/reliability.png"]
+    assert sorted(f for f in manifest["files"] if f.startswith("figures/")) == sorted(figures)
+    html = (out / "report.html").read_text()
+    for figure in figures:
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({figure})" in md
+    assert html.count("<img ") == len(figures) and "figures/collapse" not in md and "figures/nc_curves" not in md
+    assert "\n## Validation perplexity\n" in md and "\n## Per-epoch curves\n" in md and "Accuracy curves" not in md
+
+
+def test_a_token_reports_conclusion_speaks_of_perplexity(token_study):
+    _, summary, md, _ = token_study
+    text = md.split("## Conclusion\n", 1)[1]
+    assert "`kd` has the lowest validation perplexity, 170.50, 10.50 below `ce` (181.00)." in text
+    assert "The margin exceeds the two methods' seed spread (std 0.71 + 1.41), but with 2 seeds that is weak evidence." in text
+    assert "Against `ce` (181.00), `kd`'s validation perplexity is 10.50 lower, more than the seed spread" in text
+    assert "Against `ce` (Δ validation perplexity: negative is better), `kd` (-10.50), `reverse_kl` (+17.50) differ" in text
+    assert "no better than the CE student" not in text and "top-1" not in text
+
+
+def token_summary(methods, teacher_val_ppl):
+    return {"methods": methods, "setup": {"data": {"kind": "tokens"}}, "comparisons": [], "conflict": [],
+            "teacher": {"test": {"top1": 20.0, "val_ppl": teacher_val_ppl}}}
+
+
+def test_a_token_conclusion_warns_when_the_teacher_is_no_better_on_perplexity():
+    def row_(method, val_ppl, std, seeds=3):
+        return {"method": method, "val_ppl_mean": val_ppl, "val_ppl_std": std, "top1_mean": 99.5, "seeds": seeds}
+
+    methods = [row_("kd", 150.0, 1.0), row_("ce", 151.0, 1.0)]
+    text = " ".join(conclusion(token_summary(methods, teacher_val_ppl=160.0)))
+    assert "⚠ The teacher (validation perplexity 160.00) is no better than the CE student (151.00)" in text
+    assert "within the seed spread (std 1.00 + 1.00)" in text and "ceiling" not in text  # no top-1 ceiling for tokens
+    assert "no better than the CE" not in " ".join(conclusion(token_summary(methods, teacher_val_ppl=120.0)))
+    single = " ".join(conclusion(token_summary([row_("kd", 150.0, None, 1)], 120.0)))
+    assert single == "Only `kd` finished, at 150.00 validation perplexity: no comparison is possible."
