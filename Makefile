@@ -36,8 +36,10 @@ run: install | $(PREFECT_HOME)
 	$(BIN)/dvc repro
 	@echo "results table: results/summary.md (also results/summary.csv, results/summary.json)"
 
+# Two workers, one file each at a time (module fixtures build their project once), one torch
+# thread per test: the 2-core machine runs the suite in about half the serial time.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # On a GPU machine, <= 8 minutes: CUDA tests, kernels, student throughput, concurrent students in one
 # JSON ($OUT/gpu_check.json when OUT is set, else bench/results/gpu_check_cuda.json).
