@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 from tests.helpers.study import TINY_STUDY
+
+pytestmark = pytest.mark.slow
 
 UPSTREAM = r"""
 import json, sys
