@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from kdlib.models import ARCHS, forward_error
+from kdlib.models import ARCHS, TOKEN_ARCHS, forward_error
 
 
 if TYPE_CHECKING:
@@ -458,25 +458,20 @@ class StudyConfig(Strict):
     def _check_kind(self) -> None:
         """Token data trains token archs and image data image archs; on tokens, a method must
         run per position from the token cache (no teacher features, no image stage)."""
-        from kdlib.models import TOKEN_ARCHS
-
         tokens = self.data.kind == "tokens"
         archs = [("teacher.arch", self.teacher.arch), ("students.arch", self.students.arch)]
         archs += [(f"teachers.{name}.arch", t.arch) for name, t in self.teachers.items()]
         for field, arch in archs:
             if (arch in TOKEN_ARCHS) != tokens:
                 reads = "token ids" if arch in TOKEN_ARCHS else "images"
-                allowed = sorted(TOKEN_ARCHS) if tokens else "an image arch"
+                allowed = ", ".join(sorted(TOKEN_ARCHS)) if tokens else "an image arch"
                 raise ValueError(f"{field}: {arch} reads {reads}; data.source {self.data.source!r} yields {self.data.kind} "
-                                 f"(pick {', '.join(allowed) if tokens else allowed})")
+                                 f"(pick {allowed})")
         if not tokens:
             return
         for name in self.students.methods:
-            method = _method_class(self.method_settings(name).method)
-            features = sorted(set(method.cached) - {"logits", "topk_probs", "topk_indices"}) if method.needs_teacher else []
-            if features or method.image_only:
-                why = f"reads the teacher's {', '.join(features)}, which the token cache does not hold" if features else \
-                    "needs an image model's intermediate stage"
+            why = _method_class(self.method_settings(name).method).token_refusal()
+            if why is not None:
                 raise ValueError(f"students.methods: {name!r} cannot train on tokens: it {why}")
 
     def teacher_names(self) -> list[str]:

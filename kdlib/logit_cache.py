@@ -27,8 +27,8 @@ from torch import Tensor, nn
 
 from kdlib import artifacts
 from kdlib.config import AugmentConfig
-from kdlib.data.augment import augment, view_seeds
-from kdlib.data.dataset import Dataset, to_float
+from kdlib.data.augment import view_seeds
+from kdlib.data.dataset import Dataset
 from kdlib.train import predict
 
 VIEWS, PLAIN, FEATURES, SPARSE = "views.pt", "plain.pt", "features.pt", "sparse.pt"
@@ -74,8 +74,7 @@ def teacher_view_outputs(
     """The live teacher's (logits, penultimate feature) on the students' views (eval mode, float32)."""
     teacher.eval()
     device = next(teacher.parameters()).device
-    views = augment(ds.x_train[indices].to(device), augment_config.seed, epoch, indices, augment_config.padding, augment_config.flip)
-    logits, feature = teacher(to_float(views, ds.mean, ds.std))
+    logits, feature = teacher(ds.train_inputs(ds.x_train[indices].to(device), augment_config, epoch, indices))
     return logits.float().cpu(), feature.float().cpu()
 
 

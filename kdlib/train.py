@@ -97,9 +97,8 @@ def predict(model: nn.Module, inputs: Tensor, ds: AnyDataset, batch_size: int = 
     model.eval()
     device = next(model.parameters()).device
     out = []
-    with torch.no_grad():
-        for start in range(0, len(inputs), batch_size):
-            out.append(model(ds.eval_inputs(inputs[start : start + batch_size].to(device)))[output].float().cpu())
+    for start in range(0, len(inputs), batch_size):
+        out.append(model(ds.eval_inputs(inputs[start : start + batch_size].to(device)))[output].float().cpu())
     return torch.cat(out)
 
 

@@ -65,7 +65,7 @@ def run(
         target = ds.rows(ds.y_test)
         if ds.kind == "tokens":
             # the cache holds the teacher's top-K per position: agreement is exact (its top-1 is
-            # in the top-K), the KL is to the teacher restricted to its top-K (kdlib.losses.tokens)
+            # in the top-K), the KL is to the teacher restricted to its top-K (kdlib.topk)
             test_cache = TokenCache(Path(logits["dir"]), TEST_TOKENS)
             teacher_test = test_cache.restricted_logits(torch.arange(test_cache.windows))
             last.update(agreement=agreement(test_logits, teacher_test), kl_to_teacher=kl_to_teacher(test_logits, teacher_test))

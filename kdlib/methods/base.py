@@ -59,6 +59,8 @@ class Method(Objective):
     (DIST's inter-class term) of 2 values is the constant +-1, so it has no gradient."""
     image_only: ClassVar[bool] = False
     """Needs an image model (an intermediate stage, as USKD's weak head): refused on token data."""
+    TOKEN_CACHE_FIELDS: ClassVar[frozenset[str]] = frozenset({"logits", "topk_probs", "topk_indices"})
+    """What `kdlib.token_cache.TokenCache.reader` serves: no teacher features for tokens."""
     cached: ClassVar[tuple[str, ...]] = ("logits",)
     """The cached teacher tensors it reads per batch (`kdlib.logit_cache.TeacherBatch` fields).
     A method reading only the dense logits gets them as a tensor in `forward_train`'s
@@ -69,6 +71,15 @@ class Method(Objective):
         self.backend = "torch"
         """Where its losses run: "torch" (the `kdlib.losses` references) or "triton" (`use_kernels`)."""
         self._kernels: dict[Callable, Callable] = {}
+
+    @classmethod
+    def token_refusal(cls) -> str | None:
+        """Why this method cannot train on token data (None if it can): it reads teacher tensors
+        the token cache does not hold, or it needs an image model's stage."""
+        features = sorted(set(cls.cached) - cls.TOKEN_CACHE_FIELDS) if cls.needs_teacher else []
+        if features:
+            return f"reads the teacher's {', '.join(features)}, which the token cache does not hold"
+        return "needs an image model's intermediate stage" if cls.image_only else None
 
     def kernels(self) -> dict[Callable, Callable]:
         """The Triton twins of the reference losses `forward_train` calls: {`kdlib.losses.<family>`

@@ -19,14 +19,13 @@ from tasks import cache_logits, evaluate, prepare_data, train_student, train_tea
 from tests.helpers.study import TINY_LM_STUDY
 
 
-def runs_on_tokens(method: str) -> bool:
-    cls = method_class(method)
-    features = set(cls.cached) - {"logits", "topk_probs", "topk_indices"} if cls.needs_teacher else set()
-    return not (features or cls.image_only or "teachers" in cls.Settings.model_fields)
+def several_teachers(method: str) -> bool:
+    """multi_teacher_kd: the tiny token study has one teacher."""
+    return "teachers" in method_class(method).Settings.model_fields
 
 
-TOKEN_METHODS = [m for m in method_names() if runs_on_tokens(m)]
-IMAGE_ONLY = [m for m in method_names() if not runs_on_tokens(m) and "teachers" not in method_class(m).Settings.model_fields]
+TOKEN_METHODS = [m for m in method_names() if method_class(m).token_refusal() is None and not several_teachers(m)]
+IMAGE_ONLY = [m for m in method_names() if method_class(m).token_refusal() is not None]
 
 
 def lm_study(root, methods):
@@ -69,6 +68,10 @@ def test_token_method_trains_and_evaluates(upstream, method):
     assert 1.0 < metrics["val_ppl"] < 300 * 10  # a trained model is not far worse than uniform over V = 300
     assert 0.0 <= metrics["agreement"] <= 100.0 and metrics["kl_to_teacher"] >= 0.0
     train_student.load_student(cfg, data, student)
+
+
+def test_the_methods_refused_on_tokens_are_the_feature_and_image_stage_readers():
+    assert IMAGE_ONLY == ["dkd++", "kd++", "uskd"]
 
 
 @pytest.mark.parametrize("method", IMAGE_ONLY)
