@@ -12,6 +12,7 @@ that computed what was reused, and two Prefect artifacts on the flow run: the re
 from __future__ import annotations
 
 import itertools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ from prefect.states import Failed
 
 from flows.runners import task_runner
 from kdlib.config import MAIN_TEACHER, ConfigError, StudyConfig, load_config
-from tasks import aggregate, cache_logits, evaluate, finetune_teacher, prepare_data, tracking, train_student, train_teacher
+from tasks import (
+    aggregate, cache_logits, evaluate, finetune_teacher, prepare_data, time_ledger, tracking, train_student, train_teacher,
+)
 from tasks.common import result_storage, setup_torch
 
 REPORTS = Path(".kdflow/reports")
@@ -52,10 +55,11 @@ def kd_pipeline(
         return Failed(message=str(err))
     tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name),
             "prefect.deployment": str(deployment.name or "none (called directly)")}
+    started = time.time()
     parent = tracking.start_parent(cfg, "prefect", tags, source="flows/pipeline.py")
     try:
         outcome = run_study.with_options(task_runner=task_runner(cfg))(cfg, parent)
-        publish(cfg, outcome, parent, tags)
+        publish(cfg, outcome, parent, tags, started)
     except BaseException as err:  # failed, cancelled or stopped: so are this run's live MLflow runs
         tracking.end_open_runs(tracking.status_of(err))
         tracking.finish_parent(cfg, parent, tracking.status_of(err))
@@ -64,11 +68,13 @@ def kd_pipeline(
     return outcome["summary"]
 
 
-def publish(cfg: StudyConfig, outcome: dict[str, Any], parent: str | None, tags: dict[str, str]) -> None:
-    """This flow run's report, MLflow parent and Prefect artifacts (see the module docstring)."""
+def publish(cfg: StudyConfig, outcome: dict[str, Any], parent: str | None, tags: dict[str, str], started: float) -> None:
+    """This flow run's report, MLflow parent and Prefect artifacts (see the module docstring);
+    the report's time account runs from `started` (this flow run's start) to now."""
     summary = outcome["summary"]
+    spent = ("the Prefect flow", time_ledger.summary(time_ledger.read(outcome["session"]), started, time.time()))
     report = aggregate.publish(cfg, summary, REPORTS / str(flow_run.id) / "report.html", parent, "prefect",
-                               outcome["teachers"], outcome["evaluations"], tags)
+                               outcome["teachers"], outcome["evaluations"], tags, time_account=spent)
     report = report.resolve()
     table = (Path(summary["dir"]) / "summary.md").read_text()
     mlflow_line = "MLflow: tracking off" if parent is None else f"MLflow parent run: `{parent}`"
@@ -107,7 +113,10 @@ def _run_study(cfg: StudyConfig, parent_run_id: str | None) -> dict[str, Any]:
         for step in (prepare_data, train_teacher, finetune_teacher, cache_logits, train_student, evaluate, aggregate)
     )
     parent = parent_run_id  # every task that computes logs to a live run under it
-    data = prepare_data_task(cfg)
+    # every task is submitted, none called in this thread: with the thread runner all torch work
+    # then runs on its one worker thread. On CPU, a second thread running torch ops (its own
+    # OpenMP team) made every student 2.5x slower (docs/scaling.md, "Where the time goes").
+    data = prepare_data_task.submit(cfg)
     pairs = list(itertools.product(cfg.students.methods, cfg.students.seeds))
     # students that read no teacher cache (ce, zloss, ldr, uskd, bdkd's online teacher) need
     # only the data: submitted first, with logits=None, they wait for neither train_teacher
@@ -140,7 +149,7 @@ def _run_study(cfg: StudyConfig, parent_run_id: str | None) -> dict[str, Any]:
     # every teacher besides `teacher` gets its row in the report (and is linked from the MLflow parent)
     extra = {name: model for name, model in models.items() if name != MAIN_TEACHER}
     done = evaluations.result()
-    summary = aggregate_task(cfg, teacher, done, extra, data, caches[MAIN_TEACHER])
+    summary = aggregate_task.submit(cfg, teacher, done, extra, data, caches[MAIN_TEACHER]).result()
     print(f"results table: {summary['dir']}/summary.md")
-    return {"summary": summary, "evaluations": done,
+    return {"summary": summary, "evaluations": done, "session": f"prefect-{flow_run.id}",
             "teachers": {name: model.result() for name, model in models.items()}}

@@ -31,6 +31,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from kdlib import time_account
+
 MANIFEST = "manifest.json"
 QUARANTINE = "quarantine"
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -76,6 +78,7 @@ def check_writable(path: Path | str) -> Path:
     return path
 
 
+@time_account.charged("writing")
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
     check_writable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,6 +208,7 @@ def discard_checkpoint(path: Path, problem: str) -> None:
     quarantine(Path(path), f"(training checkpoint) {problem}; training starts from scratch")
 
 
+@time_account.charged("data")
 def load_tensors(path: Path) -> dict[str, Any]:
     """Load a file written by `save_tensors`; never unpickles arbitrary objects."""
     path = Path(path)

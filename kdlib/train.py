@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from kdlib import artifacts, distributed
+from kdlib import artifacts, distributed, time_account
 from kdlib.config import AugmentConfig, ScheduleConfig
 from kdlib.data.dataset import AnyDataset
 from kdlib.metrics import topk_accuracy
@@ -115,7 +115,8 @@ class FitResult:
     best_epoch: int
     best_top1: float
     timings: list[dict[str, float]]
-    """Per epoch computed in this process: `train_seconds`, `diagnose_seconds`. Kept apart
+    """Per epoch computed in this process: `train_seconds` (the optimisation steps), `test_seconds`
+    (the test-set predictions), `diagnose_seconds`. Kept apart
     from `history`, which is written into hashed artifacts and so must not hold wall-clock times."""
 
 
@@ -185,52 +186,30 @@ def fit(
     timings: list[dict[str, float]] = []
     for epoch in range(len(history), schedule.epochs):
         started = time.perf_counter()
-        method.start_epoch(model, epoch)
-        model.train()
-        order = epoch_order(seed, epoch, n)
-        sums: dict[str, float] = {}
-        correct = seen = 0
-        for step in range(steps):
-            idx = distributed.shard(order[step * schedule.batch_size : (step + 1) * schedule.batch_size])
-            idx_dev = idx.to(device)
-            x = ds.train_inputs(x_train[idx_dev], augment_config, epoch, idx)
-            if speed.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            target = ds.rows(y_train[idx_dev])
-            teacher = teacher_views(epoch, idx).to(device) if method.needs_teacher else None
-            lr = learning_rate(schedule, epoch, step, steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=speed.bf16):
-                logits, terms = method.forward_train(trained, x, target, teacher, epoch)
-            loss = sum(terms.values())
-            if not distributed.all_true(bool(torch.isfinite(loss)), device):
-                bad = [k for k, v in terms.items() if not torch.isfinite(v)]
-                raise NonFiniteLossError(f"{label}: loss term(s) {bad} became non-finite at epoch {epoch + 1}, step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            method.backward(trained, terms)
-            optimizer.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v.item()
-            sums["loss"] = sums.get("loss", 0.0) + loss.item()
-            correct += (logits.argmax(1) == target).sum().item()
-            seen += len(target)
-        names = sorted(sums)
-        *totals, correct, seen = distributed.all_sum([sums[k] for k in names] + [correct, seen], device)
-        sums = {k: total / ranks for k, total in zip(names, totals)}
-        test_logits, test_target = predict(method.exported(model), ds.x_test, ds), ds.rows(ds.y_test)
-        record = {f"loss/{k}" if k != "loss" else "loss": v / steps for k, v in sums.items()}
-        record.update(
-            epoch=epoch + 1,
-            lr=lr,
-            train_top1=100.0 * correct / seen,
-            test_top1=topk_accuracy(test_logits, test_target, 1),
-            test_nll=torch.nn.functional.cross_entropy(test_logits, test_target).item(),
-        )
-        timing = {"epoch": epoch + 1, "train_seconds": time.perf_counter() - started}
+        with time_account.charge("compute"):
+            sums, correct, seen, lr = _train_epoch(
+                trained, model, method, ds, x_train, y_train, optimizer, schedule, seed, epoch, steps, augment_config,
+                teacher_views, device, speed, label,
+            )
+        train_seconds = time.perf_counter() - started
+        with time_account.charge("evaluation"):
+            names = sorted(sums)
+            *totals, correct, seen = distributed.all_sum([sums[k] for k in names] + [correct, seen], device)
+            sums = {k: total / ranks for k, total in zip(names, totals)}
+            test_logits, test_target = predict(method.exported(model), ds.x_test, ds), ds.rows(ds.y_test)
+            record = {f"loss/{k}" if k != "loss" else "loss": v / steps for k, v in sums.items()}
+            record.update(
+                epoch=epoch + 1,
+                lr=lr,
+                train_top1=100.0 * correct / seen,
+                test_top1=topk_accuracy(test_logits, test_target, 1),
+                test_nll=torch.nn.functional.cross_entropy(test_logits, test_target).item(),
+            )
+        timing = {"epoch": epoch + 1, "train_seconds": train_seconds, "test_seconds": time.perf_counter() - started - train_seconds}
         if diagnose is not None:
             diagnose_started = time.perf_counter()
-            record.update(diagnose(model, epoch))
+            with time_account.charge("diagnostics"):
+                record.update(diagnose(model, epoch))
             timing["diagnose_seconds"] = time.perf_counter() - diagnose_started
         timings.append(timing)
         history.append(record)
@@ -249,6 +228,45 @@ def fit(
         if on_epoch is not None:
             on_epoch(dict(record), dict(timing))
     return FitResult(history=history, best_epoch=best_epoch, best_top1=best_top1, timings=timings)
+
+
+def _train_epoch(
+    trained: nn.Module, model: nn.Module, method: Objective, ds: AnyDataset, x_train: torch.Tensor, y_train: torch.Tensor,
+    optimizer: torch.optim.Optimizer, schedule: ScheduleConfig, seed: int, epoch: int, steps: int,
+    augment_config: AugmentConfig, teacher_views: TeacherViews | None, device: torch.device, speed: Speed, label: str,
+) -> tuple[dict[str, float], int, int, float]:
+    """One epoch's optimisation steps; returns this rank's summed loss terms, correct, seen and the last lr."""
+    method.start_epoch(model, epoch)
+    model.train()
+    order = epoch_order(seed, epoch, len(x_train))
+    sums: dict[str, float] = {}
+    correct = seen = 0
+    for step in range(steps):
+        idx = distributed.shard(order[step * schedule.batch_size : (step + 1) * schedule.batch_size])
+        idx_dev = idx.to(device)
+        x = ds.train_inputs(x_train[idx_dev], augment_config, epoch, idx)
+        if speed.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        target = ds.rows(y_train[idx_dev])
+        teacher = teacher_views(epoch, idx).to(device) if method.needs_teacher else None
+        lr = learning_rate(schedule, epoch, step, steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=speed.bf16):
+            logits, terms = method.forward_train(trained, x, target, teacher, epoch)
+        loss = sum(terms.values())
+        if not distributed.all_true(bool(torch.isfinite(loss)), device):
+            bad = [k for k, v in terms.items() if not torch.isfinite(v)]
+            raise NonFiniteLossError(f"{label}: loss term(s) {bad} became non-finite at epoch {epoch + 1}, step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        method.backward(trained, terms)
+        optimizer.step()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v.item()
+        sums["loss"] = sums.get("loss", 0.0) + loss.item()
+        correct += (logits.argmax(1) == target).sum().item()
+        seen += len(target)
+    return sums, correct, seen, lr
 
 
 def _resume(

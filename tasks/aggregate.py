@@ -15,9 +15,9 @@ from typing import Any
 import polars as pl
 import scipy.stats
 
-from kdlib import artifacts
+from kdlib import artifacts, time_account
 from kdlib.config import MAIN_TEACHER, StudyConfig
-from tasks import common, report, tracking, train_teacher
+from tasks import common, report, time_ledger, tracking, train_teacher
 from tasks.evaluate import RELIABILITY
 
 STEP = "aggregate"
@@ -288,6 +288,7 @@ def setup(cfg: StudyConfig, data: common.Manifest | None, logits: common.Manifes
     return out
 
 
+@time_account.charged("writing")
 def run(
     cfg: StudyConfig, teacher: common.Manifest, evaluations: list[common.Manifest], out_dir: Path,
     teachers: dict[str, common.Manifest] | None = None, data: common.Manifest | None = None,
@@ -357,15 +358,17 @@ def provenance(cfg: StudyConfig, parent_run_id: str | None, front_door: str) -> 
 def publish(
     cfg: StudyConfig, results: common.Manifest, report_html: Path, parent_run_id: str | None, front_door: str,
     teachers: dict[str, common.Manifest], evaluations: list[common.Manifest], tags: dict[str, str] | None = None,
+    time_account: tuple[str, dict[str, Any]] | None = None,
 ) -> Path:
     """One pipeline run's report and MLflow parent: writes the self-contained `report_html`
     (outside the artifact: it names this run), then logs the results to the parent run and
     links the steps this run reused (`tasks.tracking.publish`). `front_door`: "dvc" or
-    "prefect"; `teachers`: every teacher's manifest by name, `teacher` included. Returns the
-    report's path."""
+    "prefect"; `teachers`: every teacher's manifest by name, `teacher` included; `time_account`:
+    the front door's name and its `tasks.time_ledger.summary`, the report's last section.
+    Returns the report's path."""
     results_dir = Path(results["dir"])
     summary = json.loads((results_dir / "summary.json").read_text())
-    path = report.write_html(summary, results_dir, Path(report_html), provenance(cfg, parent_run_id, front_door))
+    path = report.write_html(summary, results_dir, Path(report_html), provenance(cfg, parent_run_id, front_door), time_account)
     print(f"aggregate: self-contained report {path}")
     if parent_run_id is None:
         return path
@@ -409,7 +412,7 @@ def dvc_teacher(step: str, name: str) -> common.Manifest:
 
 
 def main() -> None:
-    cfg, _ = common.cli(__doc__)
+    cfg, _ = common.cli(STEP, __doc__)
     data = common.dvc_input("prepare_data")
     teacher = common.dvc_input("train_teacher")
     teachers = {name: dvc_teacher("train_teacher", name) for name in cfg.teachers}
@@ -423,8 +426,10 @@ def main() -> None:
     with tracking.dvc_pipeline(cfg, last=True) as parent:
         results = run(cfg, teacher, evaluations, common.dvc_dir(STEP), teachers, data, logits)
         # results/report.html is this repro's: written beside the artifact, not in its manifest
+        session = time_ledger.dvc_session()
+        spent = None if session is None else ("`dvc repro`", time_ledger.so_far(*session, time_account.current()))
         publish(cfg, results, common.dvc_dir(STEP) / "report.html", parent, "dvc",
-                {MAIN_TEACHER: teacher, **teachers}, evaluations)
+                {MAIN_TEACHER: teacher, **teachers}, evaluations, time_account=spent)
 
 
 if __name__ == "__main__":

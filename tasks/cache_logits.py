@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from kdlib import artifacts
+from kdlib import artifacts, time_account
 from kdlib.config import StudyConfig
 from kdlib.data.dataset import load_dataset
 from kdlib.data.tokens import TokenDataset
@@ -39,7 +39,8 @@ def run(cfg: StudyConfig, data: common.Manifest, teacher: common.Manifest, out_d
     model = load_teacher(cfg, data, teacher)
     if ds.kind == "tokens":
         return run_tokens(cfg, data, teacher, ds, model, out_dir)
-    cache = compute_cache(model, ds, cfg.augment, cfg.students.schedule.epochs, cfg.logits.batch_size, topk=cfg.logits.topk)
+    with time_account.charge("compute"):
+        cache = compute_cache(model, ds, cfg.augment, cfg.students.schedule.epochs, cfg.logits.batch_size, topk=cfg.logits.topk)
     meta = write_cache(out_dir, cache)
     meta.update(teacher_key=teacher["key"], augment=cfg.augment.model_dump())
     return artifacts.write_manifest(out_dir, STEP, key(cfg, data, teacher), meta)
@@ -52,8 +53,9 @@ def run_tokens(
     and of the test windows, which evaluation compares them with; K = `logits.topk` (32 unset)."""
     k = cfg.logits.topk or DEFAULT_TOPK
     batch = max(1, cfg.logits.batch_size // ds.context)  # logits.batch_size counts rows: positions here
-    train = write_token_cache(model, ds.x_train, k, out_dir, batch, file=TOKENS)
-    test = write_token_cache(model, ds.x_test, k, out_dir, batch, file=TEST_TOKENS)
+    with time_account.charge("compute"):
+        train = write_token_cache(model, ds.x_train, k, out_dir, batch, file=TOKENS)
+        test = write_token_cache(model, ds.x_test, k, out_dir, batch, file=TEST_TOKENS)
     meta = {"kind": "tokens", "train": train, "test": test, "topk": k, "bytes_per_token": train["bytes_per_token"],
             "dense_bytes_per_token": train["dense_bytes_per_token"], "teacher_key": teacher["key"]}
     return artifacts.write_manifest(out_dir, STEP, key(cfg, data, teacher), meta)
@@ -77,7 +79,7 @@ def prefect_task() -> Any:
 
 
 def main() -> None:
-    cfg, args = common.cli(__doc__, per_teacher=True)
+    cfg, args = common.cli(STEP, __doc__, per_teacher=True)
     data = common.dvc_input("prepare_data")
     producer = "finetune_teacher" if args.teacher in cfg.finetuned_teachers else "train_teacher"
     teacher = common.dvc_input(producer, teacher=args.teacher)

@@ -10,6 +10,7 @@ door writes to the fixed paths of `dvc.yaml` and lets DVC do the caching.
 from __future__ import annotations
 
 import argparse
+import atexit
 import hashlib
 import os
 import sys
@@ -18,8 +19,10 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from kdlib import artifacts
+from kdlib import artifacts, time_account
 from kdlib.config import MAIN_TEACHER, ConfigError, StudyConfig, load_config
+from kdlib.time_account import TimeAccount
+from tasks import time_ledger
 from tasks.code_identity import code_digest
 
 Manifest = dict[str, Any]
@@ -50,7 +53,7 @@ def write_timings(out_dir: Path, timings: list[dict[str, float]]) -> None:
 def print_training_time(label: str, timings: list[dict[str, float]]) -> float:
     """Say in the step's log how long this process trained (the epochs it ran, diagnostics
     included; a resumed run's earlier epochs are not counted); returns the seconds."""
-    seconds = sum(t["train_seconds"] + t.get("diagnose_seconds", 0.0) for t in timings)
+    seconds = sum(t["train_seconds"] + t.get("test_seconds", 0.0) + t.get("diagnose_seconds", 0.0) for t in timings)
     print(f"{label}: trained {len(timings)} epoch(s) in {seconds:.2f} s", flush=True)
     return seconds
 
@@ -74,7 +77,7 @@ def write_roots(cfg: StudyConfig) -> tuple[Path, Path]:
     return Path.cwd(), Path(cfg.runtime.store)
 
 
-def run_in_store(cfg: StudyConfig, step: str, key: str, body: Callable[[Path], Manifest]) -> Manifest:
+def run_in_store(cfg: StudyConfig, step: str, key: str, body: Callable[[Path], Manifest], entry: str = "") -> Manifest:
     """Reuse the artifact folder of this key if it is complete, else (re)build it, under a lock.
 
     A folder that is there but incomplete or damaged (no manifest, a manifest of the wrong
@@ -87,19 +90,25 @@ def run_in_store(cfg: StudyConfig, step: str, key: str, body: Callable[[Path], M
     """
     setup_torch(cfg)
     out_dir = store_dir(cfg, step, key)
-    with artifacts.writes_under(*write_roots(cfg)), artifacts.exclusive(out_dir.parent / f".{key}.lock"):
-        try:
-            manifest = artifacts.read_manifest(out_dir)
-        except FileNotFoundError:
-            problem = "has no manifest.json (its step did not finish)"
-        except ValueError as err:
-            problem = f"is damaged ({err})"
-        else:
-            print(f"{step}: reusing {out_dir}")
-            return manifest
-        if os.path.lexists(out_dir):
-            artifacts.quarantine(out_dir, problem, root=Path(cfg.runtime.store))
-        return body(out_dir)
+    account, reused = TimeAccount(step, entry), False
+    try:
+        with time_account.opened(account), artifacts.writes_under(*write_roots(cfg)), \
+                artifacts.exclusive(out_dir.parent / f".{key}.lock"):
+            try:
+                manifest = artifacts.read_manifest(out_dir)
+            except FileNotFoundError:
+                problem = "has no manifest.json (its step did not finish)"
+            except ValueError as err:
+                problem = f"is damaged ({err})"
+            else:
+                print(f"{step}: reusing {out_dir}")
+                reused = True
+                return manifest
+            if os.path.lexists(out_dir):
+                artifacts.quarantine(out_dir, problem, root=Path(cfg.runtime.store))
+            return body(out_dir)
+    finally:
+        time_ledger.write(time_ledger.prefect_session(), account, cached=reused)
 
 
 def result_storage(cfg: StudyConfig) -> Any:
@@ -184,9 +193,12 @@ def dvc_input(step: str, method: str | None = None, seed: int | None = None, tea
 
 
 def cli(
-    description: str, per_student: bool = False, per_teacher: bool = False
+    step: str, description: str, per_student: bool = False, per_teacher: bool = False
 ) -> tuple[StudyConfig, argparse.Namespace]:
-    """Parse `python -m tasks.<step>` arguments and load the study; bad config exits 2."""
+    """Parse `python -m tasks.<step>` arguments and load the study; bad config exits 2.
+
+    Opens the process's time account (`tasks.time_ledger.dvc_stage_account`), written into
+    its `dvc repro`'s session when the process exits, however it exits."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="study file (default: params.yaml)")
     if per_student:
@@ -195,6 +207,10 @@ def cli(
     if per_teacher:
         parser.add_argument("--teacher", default=MAIN_TEACHER, help=f"a teacher's name (default: {MAIN_TEACHER})")
     args = parser.parse_args()
+    entry = f"{args.method}-{args.seed}" if per_student else getattr(args, "teacher", MAIN_TEACHER)
+    session, account = time_ledger.dvc_stage_account(step, "" if entry == MAIN_TEACHER else entry)
+    time_account.activate(account)
+    atexit.register(time_ledger.write, session, account)
     try:
         cfg = load_config(args.params)
     except ConfigError as err:

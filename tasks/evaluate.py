@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from kdlib import artifacts
+from kdlib import artifacts, time_account
 from kdlib.config import MAIN_TEACHER, StudyConfig
 from kdlib.data.dataset import load_dataset
 from kdlib.logit_cache import LogitCache
@@ -61,17 +61,18 @@ def run(
     else:
         ds = load_dataset(Path(data["dir"]) / "dataset.pt")
         model = load_student(cfg, data, student)
-        last, test_logits = evaluate_model(model, ds, cfg.evaluation.ece_bins)
-        target = ds.rows(ds.y_test)
-        if ds.kind == "tokens":
-            # the cache holds the teacher's top-K per position: agreement is exact (its top-1 is
-            # in the top-K), the KL is to the teacher restricted to its top-K (kdlib.topk)
-            test_cache = TokenCache(Path(logits["dir"]), TEST_TOKENS)
-            teacher_test = test_cache.restricted_logits(torch.arange(test_cache.windows))
-            last.update(agreement=agreement(test_logits, teacher_test), kl_to_teacher=kl_to_teacher(test_logits, teacher_test))
-        else:
-            last.update(teacher_fidelity(test_logits, LogitCache(Path(logits["dir"])).test, target))
-        diagram = reliability_diagram(test_logits, target, cfg.evaluation.ece_bins)
+        with time_account.charge("evaluation"):
+            last, test_logits = evaluate_model(model, ds, cfg.evaluation.ece_bins)
+            target = ds.rows(ds.y_test)
+            if ds.kind == "tokens":
+                # the cache holds the teacher's top-K per position: agreement is exact (its top-1 is
+                # in the top-K), the KL is to the teacher restricted to its top-K (kdlib.topk)
+                test_cache = TokenCache(Path(logits["dir"]), TEST_TOKENS)
+                teacher_test = test_cache.restricted_logits(torch.arange(test_cache.windows))
+                last.update(agreement=agreement(test_logits, teacher_test), kl_to_teacher=kl_to_teacher(test_logits, teacher_test))
+            else:
+                last.update(teacher_fidelity(test_logits, LogitCache(Path(logits["dir"])).test, target))
+            diagram = reliability_diagram(test_logits, target, cfg.evaluation.ece_bins)
         artifacts.write_json(Path(out_dir) / RELIABILITY, diagram)
         history = json.loads((Path(student["dir"]) / HISTORY).read_text())
         metrics = {
@@ -99,7 +100,8 @@ def cached(
 ) -> common.Manifest:
     """Build (or reuse) this step's artifact in the content-addressed store (`parent_run_id`: see `run`)."""
     k = key(cfg, data, logits, student)
-    return common.run_in_store(cfg, STEP, k, lambda out: run(cfg, data, logits, student, out, parent_run_id))
+    return common.run_in_store(cfg, STEP, k, lambda out: run(cfg, data, logits, student, out, parent_run_id),
+                               entry=f"{student['meta']['method']}-{student['meta']['seed']}")
 
 
 def prefect_task() -> Any:
@@ -108,7 +110,7 @@ def prefect_task() -> Any:
 
 
 def main() -> None:
-    cfg, args = common.cli(__doc__, per_student=True)
+    cfg, args = common.cli(STEP, __doc__, per_student=True)
     data = common.dvc_input("prepare_data")
     logits = common.dvc_input("cache_logits", teacher=fidelity_teacher(cfg, args.method))
     student = common.dvc_input("train_student", args.method, args.seed)

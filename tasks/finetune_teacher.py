@@ -70,7 +70,7 @@ def cached(
 ) -> common.Manifest:
     """Build (or reuse) this step's artifact in the content-addressed store (`parent_run_id`: see `run`)."""
     return common.run_in_store(
-        cfg, STEP, key(cfg, name, data, teacher), lambda out: run(cfg, name, data, teacher, out, parent_run_id)
+        cfg, STEP, key(cfg, name, data, teacher), lambda out: run(cfg, name, data, teacher, out, parent_run_id), entry=name,
     )
 
 
@@ -80,7 +80,7 @@ def prefect_task() -> Any:
 
 
 def main() -> None:
-    cfg, args = common.cli(__doc__, per_teacher=True)
+    cfg, args = common.cli(STEP, __doc__, per_teacher=True)
     if args.teacher not in cfg.finetuned_teachers:
         raise SystemExit(f"--teacher {args.teacher!r} is not an entry of finetuned_teachers: {', '.join(cfg.finetuned_teachers)}")
     data = common.dvc_input("prepare_data")

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kdlib import artifacts
+from kdlib import artifacts, time_account
 from kdlib.config import StudyConfig
 from kdlib.data.dataset import Dataset, save_dataset
 from kdlib.data.sources.base import source_class
@@ -48,7 +48,8 @@ def build(cfg: StudyConfig) -> Dataset | TokenDataset:
 
 def run(cfg: StudyConfig, out_dir: Path) -> common.Manifest:
     k = key(cfg)  # reads data.path's digest: a data folder it cannot read fails before anything is written
-    ds = build(cfg)
+    with time_account.charge("data"):
+        ds = build(cfg)
     save_dataset(ds, Path(out_dir) / DATASET)
     meta = {
         "name": ds.name,
@@ -78,7 +79,7 @@ def prefect_task() -> Any:
 
 
 def main() -> None:
-    cfg, args = common.cli(__doc__)
+    cfg, args = common.cli(STEP, __doc__)
     try:
         run(cfg, common.dvc_dir(STEP))  # builds the data set first: nothing is written before it exists
     except ValueError as err:  # a bad data source (kdlib.data.sources.base.DataSourceError, ...): it names the file

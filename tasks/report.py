@@ -28,6 +28,7 @@ from typing import Any, Callable, NamedTuple
 import polars as pl
 
 from kdlib import artifacts
+from tasks import time_ledger
 from tasks.report_figures import (
     NC_COLUMNS, accuracy_figure, collapse_figure, conflict_columns, conflict_figure, has_nc_curves, method_colours,
     nc_curves_figure, perplexity_figure, reliability_figure,
@@ -329,11 +330,15 @@ def score_columns(p: Primary) -> list[tuple[str, str, int]]:
     return [*p.lead, (f"{p.accuracy} last", "top1", 2), (f"{p.accuracy} best", "best_top1", 2)]
 
 
-def build(summary: dict[str, Any], figures: dict[str, str], provenance: dict[str, str] | None = None) -> list[Block]:
+def build(
+    summary: dict[str, Any], figures: dict[str, str], provenance: dict[str, str] | None = None,
+    time_account: tuple[str, dict[str, Any]] | None = None,
+) -> list[Block]:
     """The report as blocks: ("h1"|"h2"|"p", text), ("table", header, rows), ("img", path, alt).
 
     `provenance` (commit, date, front door, MLflow parent run): rows of the header of the
-    per-run `report.html`; the artifact's `report.md` has none."""
+    per-run `report.html`; `time_account` (the front door's name and `tasks.time_ledger.summary`
+    of this run): its "where the time went" section. The artifact's `report.md` has neither."""
     methods = summary["methods"]
     tokens = kind_of(summary) == "tokens"
     p = PRIMARY[kind_of(summary)]
@@ -463,6 +468,20 @@ def build(summary: dict[str, Any], figures: dict[str, str], provenance: dict[str
     blocks += [("h2", "Reliability diagrams"), ("img", figures["reliability"], "reliability diagram per method")]
     blocks.append(("h2", "Conclusion"))
     blocks += [("p", text) for text in conclusion(summary)]
+    if time_account is not None:
+        front_door, account = time_account
+        header, rows = time_ledger.table(account)
+        blocks += [
+            ("h2", "Where the time went"),
+            ("p", "Wall time of the steps this pipeline run computed, in seconds summed over each step's runs: "
+                  "startup (process start and imports), data (reading the data set and caches), compute "
+                  "(training steps; a logit cache's teacher passes), diagnostics (per-epoch probes), evaluation "
+                  "(test-set predictions and metrics), writing (artifacts, checkpoints, the report), tracking "
+                  "(MLflow), other (building models, hashing keys, the rest). Steps reused from a cache are "
+                  "not counted (a DVC stage that did not run, a Prefect task that was Cached)."),
+            ("table", header, rows),
+            ("p", time_ledger.totals(front_door, account)),
+        ]
     return blocks
 
 
@@ -562,11 +581,15 @@ def write(
     return ["report.md", *(figures[name] for name in drawers)]
 
 
-def write_html(summary: dict[str, Any], results_dir: Path, dest: Path, provenance: dict[str, str]) -> Path:
+def write_html(
+    summary: dict[str, Any], results_dir: Path, dest: Path, provenance: dict[str, str],
+    time_account: tuple[str, dict[str, Any]] | None = None,
+) -> Path:
     """The per-run `report.html` at `dest`: the report of the results in `results_dir` (its
-    `summary.json` and `figures/`), self-contained, with `provenance` in its header."""
+    `summary.json` and `figures/`), self-contained, with `provenance` in its header and this
+    run's `time_account` (see `build`) at its end."""
     results_dir = Path(results_dir)
     figures = {name: f"{FIGURES}/{name}.png" for name in FIGURE_NAMES if (results_dir / FIGURES / f"{name}.png").is_file()}
-    blocks = build(summary, figures, provenance)
+    blocks = build(summary, figures, provenance, time_account)
     artifacts.write_text(dest, to_html(blocks, f"{summary['study']}: study report", root=results_dir))
     return Path(dest)

@@ -39,7 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from kdlib import artifacts
+from kdlib import artifacts, time_account
 from kdlib.config import StudyConfig
 from kdlib.methods.base import build_method
 
@@ -105,6 +105,12 @@ def _warn(what: str, err: BaseException) -> None:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+PRELOAD = ("mlflow", "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.tracking.sqlalchemy_workspace_store",
+           "sqlalchemy.dialects.sqlite", "alembic.command", "alembic.config")
+"""What this module imports by the time its first run is created on a SQLite store (~1.7 s
+here): `tasks.forkserver` imports them once, before it forks the stages of a tracked study."""
 
 
 def _client(cfg: StudyConfig) -> Any:
@@ -231,6 +237,7 @@ def describe(cfg: StudyConfig, front_door: str, data: dict[str, Any] | None = No
     return "\n\n".join(lines + ([extra] if extra else []))
 
 
+@time_account.charged("tracking")
 def start_parent(cfg: StudyConfig, front_door: str, tags: dict[str, str], source: str) -> str | None:
     """Create the parent run of one pipeline run; returns its id (None: tracking is off or MLflow failed)."""
     if not cfg.tracking.enabled:
@@ -258,6 +265,7 @@ def experiment_of(cfg: StudyConfig, run_id: str) -> str:
     return _client(cfg).get_run(run_id).info.experiment_id
 
 
+@time_account.charged("tracking")
 def finish_parent(cfg: StudyConfig, run_id: str | None, status: str = "FINISHED") -> None:
     if run_id is None:
         return
@@ -271,6 +279,7 @@ def _dvc_record(cfg: StudyConfig) -> dict[str, str]:
     return {"uri": tracking_uri(cfg), "experiment": cfg.tracking.experiment, "study": cfg.study}
 
 
+@time_account.charged("tracking")
 def dvc_parent(cfg: StudyConfig) -> str | None:
     """The DVC front door's parent run: the open one of this `dvc repro`, or a new one.
 
@@ -295,6 +304,7 @@ def dvc_parent(cfg: StudyConfig) -> str | None:
         return run_id
 
 
+@time_account.charged("tracking")
 def close_dvc_parent(cfg: StudyConfig, run_id: str | None, status: str) -> None:
     """End the DVC parent run and forget it: the next `dvc repro` starts a new one."""
     if run_id is None:
@@ -398,6 +408,7 @@ class StepRun:
     def __bool__(self) -> bool:
         return self.run_id is not None
 
+    @time_account.charged("tracking")
     def _do(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
         if self.run_id is None or self._broken:
             return
@@ -440,11 +451,17 @@ class StepRun:
         self.failure = error
         self.tags({"error": error[:5000]})
 
+    @time_account.charged("tracking")
     def end(self, status: str) -> None:
         if self.run_id is None or self.ended:
             return
         self.ended = True
         _OPEN.discard(self)
+        account = time_account.current()
+        if account is not None:  # where the step's time went, up to now: `time/<phase>` seconds
+            record = account.record()
+            spent = {**record["seconds"], "other": record["other"], "wall": record["wall"]}
+            self._do("logging the time account", lambda: _log_batch(self.client, self.run_id, _metrics(spent, 0, "time/")))
         try:
             self.client.set_terminated(self.run_id, "FAILED" if self.failure and status == "FINISHED" else status,
                                        end_time=self.done_ms if status == "FINISHED" and self.done_ms else _now_ms())
@@ -473,6 +490,21 @@ def status_of(err: BaseException | None) -> str:
     return "KILLED" if interrupted else "FAILED"
 
 
+def _create_step_run(
+    cfg: StudyConfig, parent: str, step: str, key: str, name: str, params: dict[str, str], tags: dict[str, str],
+) -> StepRun:
+    client = _client(cfg)
+    experiment_id = _experiment_id(client, cfg)
+    run = client.create_run(experiment_id, start_time=_now_ms(), run_name=name, tags={
+        "mlflow.parentRunId": parent, "step": step, "artifact_key": key,
+        "mlflow.source.name": f"tasks/{step}.py", "mlflow.source.type": "LOCAL",
+        "mlflow.source.git.commit": git_commit(), "mlflow.user": getpass.getuser(), **tags,
+    })
+    live = StepRun(client, run.info.run_id)
+    _log_batch(client, live.run_id, params=params)
+    return live
+
+
 @contextlib.contextmanager
 def step_run(
     cfg: StudyConfig, parent: str | None, step: str, key: str, name: str, params: dict[str, str], tags: dict[str, str],
@@ -484,15 +516,8 @@ def step_run(
         yield StepRun()
         return
     try:
-        client = _client(cfg)
-        experiment_id = _experiment_id(client, cfg)
-        run = client.create_run(experiment_id, start_time=_now_ms(), run_name=name, tags={
-            "mlflow.parentRunId": parent, "step": step, "artifact_key": key,
-            "mlflow.source.name": f"tasks/{step}.py", "mlflow.source.type": "LOCAL",
-            "mlflow.source.git.commit": git_commit(), "mlflow.user": getpass.getuser(), **tags,
-        })
-        live = StepRun(client, run.info.run_id)
-        _log_batch(client, live.run_id, params=params)
+        with time_account.charge("tracking"):
+            live = _create_step_run(cfg, parent, step, key, name, params, tags)
     except Exception as err:  # noqa: BLE001
         _warn(f"creating the MLflow run of {name}", err)
         yield StepRun()
@@ -522,6 +547,7 @@ def computing_run(client: Any, experiment_id: str, key: str) -> Any | None:
     return next((r for r in _runs_of(client, experiment_id, key) if "artifact_dir" in r.data.tags), None)
 
 
+@time_account.charged("tracking")
 def log_evaluation(
     cfg: StudyConfig, parent: str | None, student: dict[str, Any], metrics: dict[str, Any], files: list[Path],
     evaluation_key: str,
@@ -556,6 +582,7 @@ def log_evaluation(
         run.tags({"artifact_dir": student["dir"]})
 
 
+@time_account.charged("tracking")
 def publish(
     cfg: StudyConfig, parent: str | None, steps: list[tuple[str, str, str]], files: list[Path], figures: list[Path],
     tags: dict[str, str], description: str,

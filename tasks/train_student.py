@@ -197,7 +197,8 @@ def cached(
     """Build (or reuse) this step's artifact in the content-addressed store; a reused one is
     not logged again (`parent_run_id`: see `run`)."""
     k = key(cfg, method, seed, data, logits)
-    return common.run_in_store(cfg, STEP, k, lambda out: run(cfg, method, seed, data, logits, out, parent_run_id))
+    return common.run_in_store(cfg, STEP, k, lambda out: run(cfg, method, seed, data, logits, out, parent_run_id),
+                               entry=f"{method}-{seed}")
 
 
 def prefect_task() -> Any:
@@ -206,7 +207,7 @@ def prefect_task() -> Any:
 
 
 def main() -> None:
-    cfg, args = common.cli(__doc__, per_student=True)
+    cfg, args = common.cli(STEP, __doc__, per_student=True)
     data = common.dvc_input("prepare_data")
     # dvc.yaml lists artifacts/logits (every teacher's cache) for every student: a matrix
     # stage has one deps list; each reads only its own teachers' caches, none when it reads none

@@ -143,7 +143,8 @@ def cached(
     cfg: StudyConfig, data: common.Manifest, name: str = MAIN_TEACHER, parent_run_id: str | None = None,
 ) -> common.Manifest:
     """Build (or reuse) this step's artifact in the content-addressed store (`parent_run_id`: see `run`)."""
-    return common.run_in_store(cfg, STEP, key(cfg, data, name), lambda out: run(cfg, data, out, name, parent_run_id))
+    return common.run_in_store(cfg, STEP, key(cfg, data, name), lambda out: run(cfg, data, out, name, parent_run_id),
+                               entry="" if name == MAIN_TEACHER else name)
 
 
 def run_name() -> str:
@@ -160,7 +161,7 @@ def prefect_task() -> Any:
 
 
 def main() -> None:
-    cfg, args = common.cli(__doc__, per_teacher=True)
+    cfg, args = common.cli(STEP, __doc__, per_teacher=True)
     if args.teacher != MAIN_TEACHER and args.teacher not in cfg.teachers:
         raise SystemExit(f"--teacher {args.teacher!r}: train_teacher trains `teacher` and the entries of `teachers`")
     data = common.dvc_input("prepare_data")

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
-from kdlib import artifacts
+from kdlib import artifacts, time_account
 from kdlib.data.augment import augment
 from kdlib.data import tokens
 from kdlib.data.tokens import TokenDataset
@@ -162,6 +162,7 @@ def save_dataset(ds: AnyDataset, path: Path) -> None:
     artifacts.save_tensors(path, payload)
 
 
+@time_account.charged("data")
 def load_dataset(path: Path, kind: Kind | None = None) -> AnyDataset:
     """Read a file written by ``save_dataset`` (``weights_only=True``, validated): a
     ``Dataset`` or a ``TokenDataset``, as its ``kind`` says; ``kind`` given, the file must

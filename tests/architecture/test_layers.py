@@ -50,7 +50,7 @@ def test_every_dvc_stage_reads_the_key_parts_check_study_writes():
     Prefect key hashes (`tasks.check_study`): every file a stage reads is written, and
     every step stage reads one."""
     from kdlib.config import parse_config
-    from tasks import check_study
+    from tasks import check_study, forkserver
     from tests.helpers.study import TINY_STUDY
 
     raw = dict(TINY_STUDY, teachers={"second": {"arch": "mlp", "seed": 1, "schedule": {"epochs": 1}}},
@@ -61,7 +61,9 @@ def test_every_dvc_stage_reads_the_key_parts_check_study_writes():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
         body = stage.get("do", stage)
-        assert body["cmd"].startswith(".venv/bin/python -m tasks."), name
+        # every stage runs its step through the fork server's client (tasks.forkserver), a known step
+        assert body["cmd"].startswith(".venv/bin/python -m tasks.forkserver "), name
+        assert body["cmd"].split()[3] in forkserver.STEPS, name
         if name != "check_study":
             assert any(d.startswith("artifacts/study/") for d in body["deps"]), name
             assert not any(d.startswith(("kdlib", "tasks")) for d in body["deps"]), name
