@@ -74,6 +74,30 @@ def test_mlflow_run_tree(project):
     assert not (dest / ".kdflow/mlflow/dvc-parent.json").exists()  # aggregate ended the parent
 
 
+def test_the_first_repro_keeps_a_time_account(project):
+    """Each stage that ran records where its time went in the repro's time ledger and on its
+    MLflow run; the repro's report.html ends with the table. Stages after the first few ran
+    forked from the warm server: no interpreter start or imports in their account."""
+    dest, _, _ = project
+    sessions = sorted((dest / ".kdflow/time").glob("dvc-*"), key=lambda p: p.stat().st_mtime)
+    records = {p.stem: json.loads(p.read_text()) for p in sessions[0].glob("*.json")}
+    assert set(records) == {"prepare_data", "train_teacher", "cache_logits", "train_student@ce-0", "train_student@kd-0",
+                            "evaluate@ce-0", "evaluate@kd-0", "aggregate"}
+    for name, record in records.items():
+        assert record["wall"] + 1e-3 >= sum(record["seconds"].values()) and record["other"] >= 0, name
+    for name in ("train_student@ce-0", "train_student@kd-0"):
+        assert records[name]["seconds"]["compute"] > 0 and records[name]["seconds"]["startup"] < 1.0, records[name]
+    assert records["evaluate@kd-0"]["seconds"]["evaluation"] > 0
+    db = sqlite3.connect(dest / "mlflow.db")
+    logged = {key for (key,) in db.execute(
+        "select m.key from metrics m join runs r on m.run_uuid = r.run_uuid where r.name = 'kd seed 0'").fetchall()}
+    assert {"time/compute", "time/startup", "time/tracking", "time/wall"} <= logged
+    page = (dest / "results/report.html").read_text()
+    assert "Where the time went" in page and "<code>dvc repro</code>: " in page
+    assert "<td>train_student</td>" in page and "of wall time from its start to this report" in page
+    assert "Where the time went" not in (dest / "results/report.md").read_text()  # the artifact stays deterministic
+
+
 def test_no_change_reruns_nothing(project):
     dest, env, _ = project
     output = run([str(BIN / "dvc"), "repro"], dest, env).stdout

@@ -119,52 +119,57 @@ SIGNALLED = r"""
 import json, os, re, subprocess, sys, time
 from pathlib import Path
 
-py, sig, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+py, signals = sys.argv[1], [int(s) for s in sys.argv[2:]]
 subprocess.run([py, "-m", "tasks.forkserver", "prepare_data"], check=True, capture_output=True)
-if mode == "warm":
-    deadline = time.time() + 60
-    while not list(Path(".kdflow/forkserver").glob("*.sock")) and time.time() < deadline:
-        time.sleep(0.2)
-cmd = [py, "-m", "tasks.forkserver", "train_teacher"] if mode == "warm" else [py, "-m", "tasks.train_teacher"]
-client = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-for line in client.stdout:  # signalled once training is under way (a later run resumes the killed one)
-    if re.search(r"epoch \d+/40", line):
-        break
-log = next(Path(".kdflow/forkserver").glob("*.log"), None)
-found = log.read_text() if log else ""
-child = int(found.split("forked train_teacher  as pid ")[1].split()[0]) if mode == "warm" else client.pid
-os.kill(client.pid, sig)
-client.stdout.read()
-code = client.wait(timeout=60)
-alive = True
-for _ in range(100):  # the stage's process follows its command
-    stat = Path(f"/proc/{child}/stat")
-    if not stat.exists() or stat.read_text().rpartition(")")[2].split()[0] == "Z":
-        alive = False
-        break
-    time.sleep(0.1)
-print("RESULT" + json.dumps({"code": code, "alive": alive, "forked": "forked train_teacher" in found}))
+deadline = time.time() + 60
+while not list(Path(".kdflow/forkserver").glob("*.sock")) and time.time() < deadline:
+    time.sleep(0.2)
+log = next(Path(".kdflow/forkserver").glob("*.log"))
+
+
+def signalled(sig, mode):
+    cmd = [py, "-m", "tasks.forkserver", "train_teacher"] if mode == "warm" else [py, "-m", "tasks.train_teacher"]
+    forks = log.read_text().count("forked train_teacher")
+    client = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in client.stdout:  # signalled once training is under way (a later run resumes the killed one)
+        if re.search(r"epoch \d+/40", line):
+            break
+    found = log.read_text()
+    child = int(found.rsplit("forked train_teacher  as pid ", 1)[1].split()[0]) if mode == "warm" else client.pid
+    os.kill(client.pid, sig)
+    client.stdout.read()
+    code = client.wait(timeout=60)
+    alive = True
+    for _ in range(100):  # the stage's process follows its command
+        stat = Path(f"/proc/{child}/stat")
+        if not stat.exists() or stat.read_text().rpartition(")")[2].split()[0] == "Z":
+            alive = False
+            break
+        time.sleep(0.1)
+    return {"code": code, "alive": alive, "forked": found.count("forked train_teacher") - forks}
+
+
+print("RESULT" + json.dumps({sig: {mode: signalled(sig, mode) for mode in ("warm", "cold")} for sig in signals}))
 """
 
 
-def signalled(project, sig, mode):
-    fake = project / "bin" / f"signalled-{mode}" / "dvc"  # named dvc: the stages find it above them
-    fake.parent.mkdir(exist_ok=True)
-    fake.write_text(SIGNALLED)
-    done = subprocess.run([str(BIN / "python"), str(fake), str(BIN / "python"), str(int(sig)), mode], cwd=project,
-                          env=project_env(project, PYTHONUNBUFFERED="1"), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT"))[len("RESULT"):])
-
-
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
-def test_a_signalled_stage_ends_as_a_cold_one_does(project, sig):
+def test_a_signalled_stage_ends_as_a_cold_one_does(project):
     """SIGINT and SIGTERM reach the forked child, and the command exits as the same step in
     its own interpreter does; SIGKILL, which cannot be forwarded, closes the command's socket
     and the child kills itself. No stage's process outlives its command."""
-    warm, cold = signalled(project, sig, "warm"), signalled(project, sig, "cold")
-    assert warm["forked"] and not cold["forked"]
-    assert warm["code"] == cold["code"] and not warm["alive"] and not cold["alive"], (warm, cold)
+    fake = project / "bin" / "signalled" / "dvc"  # named dvc: the stages find it above them
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text(SIGNALLED)
+    signals = [int(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)]
+    done = subprocess.run([str(BIN / "python"), str(fake), str(BIN / "python"), *map(str, signals)], cwd=project,
+                          env=project_env(project, PYTHONUNBUFFERED="1"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT"))[len("RESULT"):])
+    for sig in signals:
+        warm, cold = out[str(sig)]["warm"], out[str(sig)]["cold"]
+        assert warm["forked"] == 1 and cold["forked"] == 0, (sig, warm, cold)
+        assert warm["code"] == cold["code"] and not warm["alive"] and not cold["alive"], (sig, warm, cold)
+    assert out[str(int(signal.SIGKILL))]["warm"]["code"] == -signal.SIGKILL
 
 
 def test_without_a_dvc_process_the_step_runs_in_the_client(project):

@@ -129,6 +129,19 @@ def test_each_flow_run_publishes_its_results_and_the_mlflow_link(runs):
         assert str(report.resolve()) in link["description"] and parent in report.read_text()
 
 
+def test_each_flow_run_reports_where_its_time_went(runs):
+    """The first run's report counts every task it computed; the all-Cached second run's
+    computed nothing, and its table says so by having no step rows."""
+    dest, flow_runs = runs
+    first, second = (dest / ".kdflow/reports" / r["flow_run_id"] / "report.html" for r in flow_runs[:2])
+    page = first.read_text()
+    assert "Where the time went" in page and "the Prefect flow: " in page
+    for step in ("prepare_data", "train_teacher", "cache_logits", "train_student", "evaluate", "aggregate"):
+        assert f"<td>{step}</td>" in page, step
+    later = second.read_text()
+    assert "Where the time went" in later and "<td>train_student</td>" not in later
+
+
 def test_store_is_content_addressed(runs):
     dest, (first, _, third, _) = runs
     students = sorted(p.name for p in (dest / ".kdflow/store/train_student").iterdir() if not p.name.startswith("."))
