@@ -50,9 +50,10 @@ STEPS = ("check_study", "prepare_data", "train_teacher", "finetune_teacher", "ca
          "evaluate", "aggregate")
 """The steps a fork server runs (`tasks.<step>.main`); anything else is refused."""
 PRELOAD = ("tasks.train_student", "tasks.evaluate", "tasks.train_teacher", "tasks.finetune_teacher",
-           "tasks.cache_logits", "tasks.prepare_data", "tasks.check_study")
-"""What the server imports before it serves: every step but aggregate, whose plotting and
-statistics libraries no training process should carry (it imports them itself, once)."""
+           "tasks.cache_logits", "tasks.prepare_data")
+"""What the server imports before it serves: the steps that train and evaluate. Not aggregate
+(nor check_study, which imports every step): their plotting and statistics libraries are no
+training process's business, and they import them themselves, once per repro."""
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """Signals the client passes on to its child (those it does not ignore; the child ignores the same)."""
 HOME = Path(".kdflow/forkserver")
@@ -184,7 +185,8 @@ def _changed(files: dict[str, int]) -> str | None:
     return None
 
 
-def _preload() -> None:
+def preload() -> None:
+    """Import `PRELOAD`, and MLflow's SQL store when params.yaml's study tracks: what every child inherits."""
     import importlib
 
     for name in PRELOAD:
@@ -299,7 +301,7 @@ def serve(session: str) -> None:
     path = HOME / f"{session}.sock"
     path.unlink(missing_ok=True)
     started = time.monotonic()
-    _preload()
+    preload()
     files = _module_files()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))

@@ -1,7 +1,7 @@
-"""A training step's process imports only what it uses: a student's process (as a DVC stage
-runs it: a fresh interpreter) with tracking off loads no MLflow, Prefect, matplotlib or scipy;
-with tracking on it loads MLflow when its run starts (and what `import mlflow` itself loads:
-scipy), and still no Prefect or matplotlib."""
+"""A training step's process imports only what it uses: a student's process in a fresh
+interpreter with tracking off loads no MLflow, Prefect, matplotlib or scipy; with tracking on
+it loads MLflow when its run starts (and what `import mlflow` itself loads: scipy), and still
+no Prefect or matplotlib. A DVC stage's child of the fork server inherits the same set."""
 import json
 import subprocess
 import sys
@@ -72,3 +72,27 @@ def test_a_student_process_imports_only_what_it_uses(upstream, tracking):
     assert not set(modules["imported"]) & OPTIONAL, modules["imported"]  # the step's modules import none of them
     expected = {"mlflow", "scipy"} if tracking else set()  # `import mlflow` imports scipy itself
     assert set(modules["ran"]) & OPTIONAL == expected, sorted(set(modules["ran"]) & OPTIONAL)
+
+
+PRELOADED = r"""
+import json, sys
+from tasks import forkserver
+
+forkserver.preload()
+print("MODULES" + json.dumps(sorted({n.split(".")[0] for n in sys.modules})))
+"""
+
+
+@pytest.mark.parametrize("tracking", [False, True], ids=["tracking off", "tracking on"])
+def test_a_forked_stage_inherits_only_what_it_would_import(tmp_path, tracking):
+    """A DVC stage's step runs in a child of the fork server (tasks.forkserver), with every
+    module the server imported: the training steps, and MLflow only for a tracked study."""
+    raw = json.loads(json.dumps(TINY_STUDY))
+    raw["tracking"]["enabled"] = tracking
+    (tmp_path / "params.yaml").write_text(json.dumps(raw))
+    out = subprocess.run([sys.executable, "-c", PRELOADED], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    modules = set(json.loads(next(l for l in out.stdout.splitlines() if l.startswith("MODULES"))[len("MODULES"):]))
+    assert {"torch", "kdlib", "tasks"} <= modules
+    expected = {"mlflow", "scipy"} if tracking else set()  # `import mlflow` imports scipy itself
+    assert modules & OPTIONAL == expected, sorted(modules & OPTIONAL)
