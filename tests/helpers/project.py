@@ -1,12 +1,14 @@
 """Helpers for end-to-end tests: a throw-away copy of the project with a tiny study."""
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -51,6 +53,33 @@ def project_env(dest: Path, **extra: str) -> dict[str, str]:
     env.pop("PREFECT_API_URL", None)
     env.update(extra)
     return env
+
+
+_SHARED_PREFECT: dict[str, str] = {}
+
+
+def flow_env(dest: Path, **extra: str) -> dict[str, str]:
+    """`project_env` for a process that runs the flow: it talks to this test process's shared
+    Prefect server (`shared_prefect_api`) instead of starting a temporary one of its own."""
+    return project_env(dest, **{"PREFECT_API_URL": shared_prefect_api(), **extra})
+
+
+def shared_prefect_api() -> str:
+    """The API of one real Prefect server per test process (an xdist worker), started on first
+    use and stopped at exit. A flow run in a process of its own would otherwise start a
+    temporary server and migrate its fresh database: ~10 s each, many times per suite. Flow
+    runs, task runs and result-storage blocks are per project (each project's store path names
+    its block), so tests sharing the server do not see each other's state."""
+    if "url" not in _SHARED_PREFECT:
+        home = Path(tempfile.mkdtemp(prefix="kdflow-test-prefect-"))
+        port = free_port()
+        (home / ".kdflow" / "prefect").mkdir(parents=True)  # its PREFECT_HOME (project_env), where its database goes
+        env = {k: v for k, v in project_env(home).items() if k != "PYTHONPATH"}
+        proc = start_prefect_server(home, env, port, home / "server.log")
+        atexit.register(shutil.rmtree, home, True)
+        atexit.register(stop, proc)
+        _SHARED_PREFECT["url"] = f"http://127.0.0.1:{port}/api"
+    return _SHARED_PREFECT["url"]
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.helpers.project import BIN, ROOT, make_project, project_env, ran_stages, run
+from tests.helpers.project import BIN, ROOT, flow_env, make_project, project_env, ran_stages, run
 from tests.helpers.study import TINY_STUDY
 
 TODAY = {"check_study", "prepare_data", "train_teacher", "cache_logits", "train_student", "evaluate", "aggregate"}
@@ -123,7 +123,7 @@ print("RESULT" + json.dumps(out))
 @pytest.mark.slow
 def test_flow_trains_and_caches_every_teacher_once(tmp_path):
     dest = make_project(tmp_path / "f", teachers_study())
-    result = run([str(BIN / "python"), "-c", FLOW], dest, project_env(dest), timeout=600)
+    result = run([str(BIN / "python"), "-c", FLOW], dest, flow_env(dest), timeout=600)
     first, second, changed = json.loads(next(x for x in result.stdout.splitlines() if x.startswith("RESULT"))[6:])
     assert first["ok"] and second["ok"] and changed["ok"]
     names = [name for name, _ in first["tasks"]]

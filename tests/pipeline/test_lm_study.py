@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from tests.helpers.project import BIN, make_project, project_env, ran_stages, run
+from tests.helpers.project import BIN, flow_env, make_project, project_env, ran_stages, run
 from tests.helpers.study import TINY_LM_STUDY
 
 pytestmark = pytest.mark.slow
@@ -91,7 +91,7 @@ def test_changing_one_method_reruns_only_its_students_and_the_aggregate(project)
 @pytest.fixture(scope="module")
 def flow_runs(project):
     dest, env, _ = project
-    result = run([str(BIN / "python"), "-c", FLOW], dest, env, timeout=400)
+    result = run([str(BIN / "python"), "-c", FLOW], dest, flow_env(dest), timeout=400)
     line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT"))
     return dest, json.loads(line[len("RESULT"):])
 

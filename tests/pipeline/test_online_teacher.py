@@ -12,7 +12,7 @@ import pytest
 
 from kdlib.config import parse_config
 from tasks import prepare_data, train_student
-from tests.helpers.project import BIN, make_project, project_env, run
+from tests.helpers.project import BIN, flow_env, make_project, project_env, run
 from tests.helpers.study import TINY_STUDY
 
 
@@ -82,7 +82,7 @@ def project(tmp_path_factory):
 
 
 def flow(project, overrides: dict) -> dict:
-    result = run([str(BIN / "python"), "-c", SCRIPT, json.dumps(overrides)], project, project_env(project), timeout=400)
+    result = run([str(BIN / "python"), "-c", SCRIPT, json.dumps(overrides)], project, flow_env(project), timeout=400)
     out = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("RESULT"))[len("RESULT"):])
     assert out["ok"]
     return out["upstream"]

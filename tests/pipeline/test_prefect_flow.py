@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.helpers.project import BIN, make_project, mlflow_runs, project_env, run
+from tests.helpers.project import BIN, flow_env, make_project, mlflow_runs, run
 from tests.helpers.study import TINY_STUDY
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ pathlib.Path("damaged.json").write_text(json.dumps({
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     dest = make_project(tmp_path_factory.mktemp("flow"), TINY_STUDY)
-    result = run([str(BIN / "python"), "-c", SCRIPT], dest, project_env(dest), timeout=400)
+    result = run([str(BIN / "python"), "-c", SCRIPT], dest, flow_env(dest), timeout=400)
     line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT"))
     return dest, json.loads(line[len("RESULT"):])
 
@@ -169,37 +169,41 @@ import asyncio, json, pathlib, sys
 from flows.pipeline import kd_pipeline
 from tests.helpers.project import task_states
 
-if sys.argv[1] == "invalid":
-    state = kd_pipeline(params_path="params.yaml", overrides={"optimiser": "adam"}, return_state=True)
-    out = {"failed": state.is_failed(), "message": state.message}
-else:
-    path = pathlib.Path(sys.argv[1])
-    path.write_text(path.read_text() + "\\n# an edit\\n")
-    state = kd_pipeline(params_path="params.yaml", return_state=True)
-    out = {}
-out["tasks"] = dict(asyncio.run(task_states(state.state_details.flow_run_id)))
+out = []
+for arg in sys.argv[1:]:
+    if arg == "invalid":
+        state = kd_pipeline(params_path="params.yaml", overrides={"optimiser": "adam"}, return_state=True)
+        result = {"failed": state.is_failed(), "message": state.message}
+    else:  # before this process computed any code identity, which it then keeps
+        path = pathlib.Path(arg)
+        path.write_text(path.read_text() + "\\n# an edit\\n")
+        state = kd_pipeline(params_path="params.yaml", return_state=True)
+        result = {}
+    result["tasks"] = dict(asyncio.run(task_states(state.state_details.flow_run_id)))
+    out.append(result)
 print("RESULT" + json.dumps(out))
 """
 
 
 def test_invalid_study_fails_first_and_code_edits_recompute_only_their_steps(runs):
     dest, _ = runs
-    def flow_run(arg: str) -> dict:
-        """One flow run in a fresh process (a process keeps the code identity of the code it loaded)."""
-        result = run([str(BIN / "python"), "-c", EDITS, arg], dest, project_env(dest), timeout=300)
+    def flow_runs(*args: str) -> list[dict]:
+        """Flow runs in a fresh process: the invalid study computes no code identity, and an edit
+        must come before the process computes one (it keeps the code identity of what it read)."""
+        result = run([str(BIN / "python"), "-c", EDITS, *args], dest, flow_env(dest), timeout=300)
         return json.loads(next(line for line in result.stdout.splitlines() if line.startswith("RESULT"))[6:])
 
-    invalid = flow_run("invalid")
+    invalid, method_edit = flow_runs("invalid", "kdlib/methods/kd.py")
     # an invalid study fails the flow run with the config error, before any task
     assert invalid["failed"] and "optimiser: unknown key" in invalid["message"] and invalid["tasks"] == {}
     # the kd student retrains; it comes out the same bytes, so its evaluation's inputs (file
     # hashes) are unchanged and the rest may stay cached
-    method_edit = flow_run("kdlib/methods/kd.py")["tasks"]
+    method_edit = method_edit["tasks"]
     computed = {name for name, state in method_edit.items() if state != "Cached"}
     assert "train_student[kd, seed 0]" in computed, method_edit
     assert computed <= {"train_student[kd, seed 0]", "evaluate[kd, seed 0]", "aggregate"}, method_edit
     # the training loop runs in the teacher and every student: all of them retrain; the data does not
-    loop_edit = flow_run("kdlib/train.py")["tasks"]
+    loop_edit = flow_runs("kdlib/train.py")[0]["tasks"]
     computed = {name for name, state in loop_edit.items() if state != "Cached"}
     assert {"train_teacher", "train_student[ce, seed 0]", "train_student[kd, seed 0]"} <= computed, loop_edit
     assert loop_edit["prepare_data"] == "Cached"

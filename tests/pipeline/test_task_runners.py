@@ -8,7 +8,7 @@ import torch
 
 from kdlib import artifacts
 from kdlib.config import parse_config
-from tests.helpers.project import BIN, make_project, mlflow_runs, project_env, run
+from tests.helpers.project import BIN, flow_env, make_project, mlflow_runs, run
 from tests.helpers.study import TINY_STUDY
 
 # Both runners in one process (one temporary Prefect server), each on its own store.
@@ -41,7 +41,7 @@ def test_dask_local_cluster_equals_the_thread_runner(tmp_path):
     study = copy.deepcopy(TINY_STUDY)
     study["students"]["seeds"] = [0, 1]
     dest = make_project(tmp_path, study)
-    result = run([str(BIN / "python"), "-c", SCRIPT, str(dest / "store_dask")], dest, project_env(dest), timeout=600)
+    result = run([str(BIN / "python"), "-c", SCRIPT, str(dest / "store_dask")], dest, flow_env(dest), timeout=600)
     out = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("RESULT"))[len("RESULT"):])
     for runner in ("thread", "dask"):
         assert out[runner]["ok"], runner
