@@ -27,10 +27,12 @@ def cfg(tmp_path, monkeypatch):
 
 def test_a_step_run_ends_finished_failed_or_killed(cfg, tmp_path):
     parent = tracking.start_parent(cfg, "dvc", {}, source="dvc.yaml")
+    started = time.time()
     with tracking.step_run(cfg, parent, "train_student", "k1", "ok", {"method": "kd"}, {"role": "student"}) as live:
         live.epoch({"epoch": 1, "loss": 1.0, "nc/aux_head_nc3": float("nan"), "grad_cos/head/a_vs_b": None})
         live.final({"top1": 50.0, "nc/aux_head_nc3": None})
         live.done()
+        done = time.time()
         time.sleep(0.3)  # logging after `done` is not the step's time
     with tracking.step_run(cfg, parent, "train_student", "k2", "diverged", {}, {}) as live:
         live.fail("loss term(s) ['kd'] became non-finite at epoch 1")
@@ -48,7 +50,8 @@ def test_a_step_run_ends_finished_failed_or_killed(cfg, tmp_path):
     assert {name: r.info.status for name, r in runs.items()} == {
         "ok": "FINISHED", "diverged": "FAILED", "crashed": "FAILED", "interrupted": "KILLED"}
     ok = runs["ok"]
-    assert ok.info.end_time - ok.info.start_time < 300 and ok.data.params == {"method": "kd"}
+    # the run ended at `done`: its duration is within the time until then, whatever the machine's load
+    assert ok.info.end_time - ok.info.start_time <= (done - started) * 1000 + 2 and ok.data.params == {"method": "kd"}
     assert ok.data.metrics == {"epoch/loss": 1.0, "final/top1": 50.0}  # undefined values are left out, never 0 or NaN
     assert ok.data.tags["mlflow.source.name"] == "tasks/train_student.py" and ok.data.tags["artifact_key"] == "k1"
     assert "non-finite" in runs["diverged"].data.tags["error"] and runs["crashed"].data.tags["error"] == "ValueError: boom"
