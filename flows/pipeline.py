@@ -74,7 +74,7 @@ def publish(cfg: StudyConfig, outcome: dict[str, Any], parent: str | None, tags:
     summary = outcome["summary"]
     spent = ("the Prefect flow", time_ledger.summary(time_ledger.read(outcome["session"]), started, time.time()))
     report = aggregate.publish(cfg, summary, REPORTS / str(flow_run.id) / "report.html", parent, "prefect",
-                               outcome["teachers"], outcome["evaluations"], tags, time_account=spent)
+                               outcome["teachers"], outcome["evaluations"], tags, time_spent=spent)
     report = report.resolve()
     table = (Path(summary["dir"]) / "summary.md").read_text()
     mlflow_line = "MLflow: tracking off" if parent is None else f"MLflow parent run: `{parent}`"

@@ -28,10 +28,10 @@ _CURRENT: contextvars.ContextVar["TimeAccount | None"] = contextvars.ContextVar(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def process_started() -> float:
-    """When this process started (Unix time), from /proc on Linux; elsewhere, now."""
+def process_started(pid: int | str = "self") -> float:
+    """When a process (this one by default) started (Unix time), from /proc on Linux; elsewhere, now."""
     try:
-        with open("/proc/self/stat") as fh:
+        with open(f"/proc/{pid}/stat") as fh:
             ticks = int(fh.read().rpartition(")")[2].split()[19])
         with open("/proc/uptime") as fh:
             uptime = float(fh.read().split()[0])

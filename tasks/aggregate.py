@@ -358,17 +358,17 @@ def provenance(cfg: StudyConfig, parent_run_id: str | None, front_door: str) -> 
 def publish(
     cfg: StudyConfig, results: common.Manifest, report_html: Path, parent_run_id: str | None, front_door: str,
     teachers: dict[str, common.Manifest], evaluations: list[common.Manifest], tags: dict[str, str] | None = None,
-    time_account: tuple[str, dict[str, Any]] | None = None,
+    time_spent: tuple[str, dict[str, Any]] | None = None,
 ) -> Path:
     """One pipeline run's report and MLflow parent: writes the self-contained `report_html`
     (outside the artifact: it names this run), then logs the results to the parent run and
     links the steps this run reused (`tasks.tracking.publish`). `front_door`: "dvc" or
-    "prefect"; `teachers`: every teacher's manifest by name, `teacher` included; `time_account`:
+    "prefect"; `teachers`: every teacher's manifest by name, `teacher` included; `time_spent`:
     the front door's name and its `tasks.time_ledger.summary`, the report's last section.
     Returns the report's path."""
     results_dir = Path(results["dir"])
     summary = json.loads((results_dir / "summary.json").read_text())
-    path = report.write_html(summary, results_dir, Path(report_html), provenance(cfg, parent_run_id, front_door), time_account)
+    path = report.write_html(summary, results_dir, Path(report_html), provenance(cfg, parent_run_id, front_door), time_spent)
     print(f"aggregate: self-contained report {path}")
     if parent_run_id is None:
         return path
@@ -429,7 +429,7 @@ def main() -> None:
         session = time_ledger.dvc_session()
         spent = None if session is None else ("`dvc repro`", time_ledger.so_far(*session, time_account.current()))
         publish(cfg, results, common.dvc_dir(STEP) / "report.html", parent, "dvc",
-                {MAIN_TEACHER: teacher, **teachers}, evaluations, time_account=spent)
+                {MAIN_TEACHER: teacher, **teachers}, evaluations, time_spent=spent)
 
 
 if __name__ == "__main__":

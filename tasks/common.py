@@ -58,6 +58,11 @@ def print_training_time(label: str, timings: list[dict[str, float]]) -> float:
     return seconds
 
 
+def student_entry(method: str, seed: int) -> str:
+    """A student's name in DVC stage names (`train_student@<entry>`) and in time accounts."""
+    return f"{method}-{seed}"
+
+
 def store_dir(cfg: StudyConfig, step: str, key: str) -> Path:
     return Path(cfg.runtime.store) / step / key
 
@@ -207,7 +212,7 @@ def cli(
     if per_teacher:
         parser.add_argument("--teacher", default=MAIN_TEACHER, help=f"a teacher's name (default: {MAIN_TEACHER})")
     args = parser.parse_args()
-    entry = f"{args.method}-{args.seed}" if per_student else getattr(args, "teacher", MAIN_TEACHER)
+    entry = student_entry(args.method, args.seed) if per_student else getattr(args, "teacher", MAIN_TEACHER)
     session, account = time_ledger.dvc_stage_account(step, "" if entry == MAIN_TEACHER else entry)
     time_account.activate(account)
     atexit.register(time_ledger.write, session, account)

@@ -8,8 +8,9 @@ library only: the fork server's client imports this before anything heavy.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
+
+from kdlib.time_account import process_started
 
 
 def _stat(pid: int) -> tuple[int, int] | None:
@@ -47,8 +48,7 @@ def dvc_session() -> tuple[str, float] | None:
         if stat is None or pid <= 1:
             return None
         if _is_dvc(pid):
-            started = time.time() - float(Path("/proc/uptime").read_text().split()[0]) + stat[1] / os.sysconf("SC_CLK_TCK")
-            return f"dvc-{pid}-{stat[1]}", started
+            return f"dvc-{pid}-{stat[1]}", process_started(pid)
         pid = stat[0]
     return None
 

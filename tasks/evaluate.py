@@ -101,7 +101,7 @@ def cached(
     """Build (or reuse) this step's artifact in the content-addressed store (`parent_run_id`: see `run`)."""
     k = key(cfg, data, logits, student)
     return common.run_in_store(cfg, STEP, k, lambda out: run(cfg, data, logits, student, out, parent_run_id),
-                               entry=f"{student['meta']['method']}-{student['meta']['seed']}")
+                               entry=common.student_entry(student["meta"]["method"], student["meta"]["seed"]))
 
 
 def prefect_task() -> Any:

@@ -332,12 +332,12 @@ def score_columns(p: Primary) -> list[tuple[str, str, int]]:
 
 def build(
     summary: dict[str, Any], figures: dict[str, str], provenance: dict[str, str] | None = None,
-    time_account: tuple[str, dict[str, Any]] | None = None,
+    time_spent: tuple[str, dict[str, Any]] | None = None,
 ) -> list[Block]:
     """The report as blocks: ("h1"|"h2"|"p", text), ("table", header, rows), ("img", path, alt).
 
     `provenance` (commit, date, front door, MLflow parent run): rows of the header of the
-    per-run `report.html`; `time_account` (the front door's name and `tasks.time_ledger.summary`
+    per-run `report.html`; `time_spent` (the front door's name and `tasks.time_ledger.summary`
     of this run): its "where the time went" section. The artifact's `report.md` has neither."""
     methods = summary["methods"]
     tokens = kind_of(summary) == "tokens"
@@ -468,8 +468,8 @@ def build(
     blocks += [("h2", "Reliability diagrams"), ("img", figures["reliability"], "reliability diagram per method")]
     blocks.append(("h2", "Conclusion"))
     blocks += [("p", text) for text in conclusion(summary)]
-    if time_account is not None:
-        front_door, account = time_account
+    if time_spent is not None:
+        front_door, account = time_spent
         header, rows = time_ledger.table(account)
         blocks += [
             ("h2", "Where the time went"),
@@ -583,13 +583,13 @@ def write(
 
 def write_html(
     summary: dict[str, Any], results_dir: Path, dest: Path, provenance: dict[str, str],
-    time_account: tuple[str, dict[str, Any]] | None = None,
+    time_spent: tuple[str, dict[str, Any]] | None = None,
 ) -> Path:
     """The per-run `report.html` at `dest`: the report of the results in `results_dir` (its
     `summary.json` and `figures/`), self-contained, with `provenance` in its header and this
-    run's `time_account` (see `build`) at its end."""
+    run's `time_spent` (see `build`) at its end."""
     results_dir = Path(results_dir)
     figures = {name: f"{FIGURES}/{name}.png" for name in FIGURE_NAMES if (results_dir / FIGURES / f"{name}.png").is_file()}
-    blocks = build(summary, figures, provenance, time_account)
+    blocks = build(summary, figures, provenance, time_spent)
     artifacts.write_text(dest, to_html(blocks, f"{summary['study']}: study report", root=results_dir))
     return Path(dest)

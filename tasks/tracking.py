@@ -35,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -490,6 +490,7 @@ def status_of(err: BaseException | None) -> str:
     return "KILLED" if interrupted else "FAILED"
 
 
+@time_account.charged("tracking")
 def _create_step_run(
     cfg: StudyConfig, parent: str, step: str, key: str, name: str, params: dict[str, str], tags: dict[str, str],
 ) -> StepRun:
@@ -516,8 +517,7 @@ def step_run(
         yield StepRun()
         return
     try:
-        with time_account.charge("tracking"):
-            live = _create_step_run(cfg, parent, step, key, name, params, tags)
+        live = _create_step_run(cfg, parent, step, key, name, params, tags)
     except Exception as err:  # noqa: BLE001
         _warn(f"creating the MLflow run of {name}", err)
         yield StepRun()

@@ -198,7 +198,7 @@ def cached(
     not logged again (`parent_run_id`: see `run`)."""
     k = key(cfg, method, seed, data, logits)
     return common.run_in_store(cfg, STEP, k, lambda out: run(cfg, method, seed, data, logits, out, parent_run_id),
-                               entry=f"{method}-{seed}")
+                               entry=common.student_entry(method, seed))
 
 
 def prefect_task() -> Any:
